@@ -1,0 +1,247 @@
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import kv_dataset_utils as kv
+from conftest import ROOT
+
+PAIR = re.compile(r"!([^!:|?]+):([^!:|?]+)!")
+
+
+def small(cfg=None, n=300, seed=0):
+    return kv.generate_kv_dataset(cfg or kv.KVTaskConfig(n_pairs=6), n, 60, 60, seed)
+
+
+@pytest.mark.parametrize("cfg", [
+    kv.KVTaskConfig(n_pairs=6),
+    kv.KVTaskConfig(n_pairs=5, key_len=3, value_len=1, vocab_size=10),
+    kv.KVTaskConfig(n_pairs=4, n_segments=3, min_segment_len=0, max_segment_len=12, vocab_size=300),
+    kv.KVTaskConfig(n_pairs=40, key_len=1, vocab_size=40),  # keys exhaust the key space
+], ids=lambda c: c.name)
+def test_format_invariants(cfg):
+    ds, card = small(cfg)
+    alphabet = set(kv.kv_alphabet(cfg.vocab_size))
+    for s in ds["train"]:
+        ctx, query, target = s["context"], s["query"], s["target"]
+        assert ctx.endswith("|") and ctx.count("|") == cfg.n_segments
+        pairs = PAIR.findall(ctx)
+        assert len(pairs) == cfg.n_pairs
+        keys = [k for k, _ in pairs]
+        assert len(set(keys)) == len(keys), "keys are unique within a sample"
+        assert all(len(k) == cfg.key_len and len(v) == cfg.value_len for k, v in pairs)
+        noise = PAIR.sub("", ctx).replace("|", "")
+        assert set(noise) <= alphabet and set("".join(keys)) <= alphabet
+        assert len(ctx) - len(noise) == cfg.n_pairs * cfg.pair_len + cfg.n_segments
+        assert query.startswith("?!") and query.endswith(":") and target.endswith("!|")
+        asked = query[2:-1]
+        assert dict(pairs)[asked] + "!|" == target
+
+
+def test_noise_lengths_and_pair_positions_vary():
+    cfg = kv.KVTaskConfig(n_pairs=3, n_segments=2, min_segment_len=5, max_segment_len=9)
+    ds, _ = small(cfg)
+    segments = [seg for s in ds["train"] for seg in s["context"].split("|")[:-1]]
+    noise_lens = {len(PAIR.sub("", seg)) for seg in segments}
+    assert noise_lens == set(range(5, 10))
+    starts = {s["context"].index("!") for s in ds["train"]}
+    assert len(starts) > 5, "pairs sit at random positions, not always at the start"
+
+
+def test_copy_task():
+    cfg = kv.KVTaskConfig(n_pairs=0, min_segment_len=3, max_segment_len=7)
+    ds, _ = small(cfg)
+    for s in ds["valid"]:
+        assert s["target"] == s["context"] and s["query"] == "?"
+        assert 4 <= len(s["context"]) <= 8
+
+
+def test_values_may_repeat_and_are_uniform():
+    cfg = kv.KVTaskConfig(n_pairs=64, key_len=2, value_len=1, vocab_size=8)
+    ds, _ = small(cfg, n=200)
+    values = [v for s in ds["train"] for _, v in PAIR.findall(s["context"])]
+    counts = np.unique(values, return_counts=True)[1]
+    assert len(counts) == 8 and counts.min() > 0.8 * counts.mean()
+    assert any(len(set(v for _, v in PAIR.findall(s["context"]))) < 64 for s in ds["train"])
+
+
+def test_distinct_integers_is_uniform_in_both_regimes():
+    rng = np.random.default_rng(1)
+    for k, space in ((3, 1000), (9, 10)):  # rejection regime, Fisher-Yates regime
+        draws = kv._distinct_integers(rng, 20000, k, space)
+        assert all(len(set(r)) == k for r in draws[:500])
+        first = np.bincount(draws[:, 0], minlength=space)[:10] / 20000
+        last = np.bincount(draws[:, -1], minlength=space)[:10] / 20000
+        assert np.allclose(first, 1 / space, atol=0.3 / space + 0.01)
+        assert np.allclose(last, 1 / space, atol=0.3 / space + 0.01)
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    cfg = kv.KVTaskConfig(n_pairs=4, n_segments=2, min_segment_len=1, max_segment_len=5, vocab_size=100)
+    a, card = kv.generate_kv_dataset(cfg, 500, 50, 50, seed=3, chunk_size=128)
+    b, _ = kv.generate_kv_dataset(cfg, 500, 50, 50, seed=3, chunk_size=128)
+    c, _ = kv.generate_kv_dataset(cfg, 500, 50, 50, seed=4, chunk_size=128)
+    for split in a:
+        assert a[split].data.table.equals(b[split].data.table)
+    assert a["train"]["context"] != c["train"]["context"]
+    pa_path = kv.save_dataset_atomically(a, card, tmp_path / "a")
+    pb_path = kv.save_dataset_atomically(b, card, tmp_path / "b")
+    for f in sorted(pa_path.rglob("*.arrow")):
+        assert f.read_bytes() == (pb_path / f.relative_to(pa_path)).read_bytes()
+
+
+def test_splits_are_independent_streams():
+    ds, _ = small(n=500)
+    assert ds["valid"]["context"][:5] != ds["train"]["context"][:5]
+    assert ds["test"]["context"][:5] != ds["valid"]["context"][:5]
+
+
+def test_valid_and_test_never_repeat_train_contexts_in_a_small_space():
+    # 2 pairs from 4 keys with binary values: 4*3*2*2 = 48 distinct contexts.
+    cfg = kv.KVTaskConfig(n_pairs=2, key_len=1, value_len=1, vocab_size=4)
+    ds, card = kv.generate_kv_dataset(cfg, 30, 5, 5, seed=0, chunk_size=4)
+    train = set(ds["train"]["context"])
+    assert not train & set(ds["valid"]["context"])
+    assert not (train | set(ds["valid"]["context"])) & set(ds["test"]["context"])
+    assert card["splits"]["valid"]["n_regenerated_for_overlap"] > 0
+    assert card["splits"]["valid"]["overlap_with_earlier_splits"] == 0
+    assert card["overlap_note"].startswith("none")
+
+
+def test_card_says_when_the_space_is_too_small():
+    cfg = kv.KVTaskConfig(n_pairs=1, key_len=1, value_len=1, vocab_size=2)  # 4 contexts
+    ds, card = kv.generate_kv_dataset(cfg, 50, 10, 10, seed=0, chunk_size=8)
+    assert card["splits"]["valid"]["overlap_with_earlier_splits"] > 0
+    assert "too small" in card["overlap_note"]
+    assert len(ds["valid"]) == 10
+
+
+def test_folder_names():
+    assert kv.dataset_folder_name(kv.KVTaskConfig(n_pairs=16), 1_000_000) == "N16-K2V2-V62_1M"
+    assert kv.dataset_folder_name(kv.KVTaskConfig(n_pairs=8), 100_000) == "N8-K2V2-V62_100K"
+    noisy = kv.KVTaskConfig(n_pairs=8, n_segments=2, min_segment_len=100, max_segment_len=200)
+    assert kv.dataset_folder_name(noisy, 1500) == "N8-K2V2-V62_S2(100-200)_1500"
+
+
+@pytest.mark.parametrize("vocab_size", [62, 512])
+def test_tokenizer_round_trips_every_character(vocab_size):
+    for tok in (kv.create_tokenizer(vocab_size), kv.load_tokenizer(ROOT / f"tokenizers/kv_alphabet_{vocab_size}")):
+        text = kv.kv_alphabet(vocab_size) + kv.RESERVED_CHARS
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert len(ids) == len(text) == len(set(ids))
+        assert tok.decode(ids) == text
+        assert [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id] == [0, 1, 2, 3]
+        assert len(tok) == vocab_size + 8
+        encoder = kv.CharEncoder(tok)
+        assert encoder.encode([text])[0].tolist() == ids
+
+
+def test_alphabet_is_fixed_and_prefix_stable():
+    assert kv.kv_alphabet(62) == kv.BASE_ALPHABET
+    big = kv.kv_alphabet(512)
+    assert len(set(big)) == 512 and not set(big) & set(kv.RESERVED_CHARS + "[]")
+    assert kv.kv_alphabet(100) == big[:100]
+
+
+def test_collate_aligns_labels_with_targets():
+    tok = kv.create_tokenizer(62)
+    ds, _ = small(kv.KVTaskConfig(n_pairs=3))
+    samples = [ds["train"][i] for i in range(5)]
+    batch = kv.KVCollator(tok)(samples)
+    assert batch["context_input_ids"].shape[1] % 8 == 0
+    assert batch["query_input_ids"].shape == batch["labels"].shape
+    for b, s in enumerate(samples):
+        ctx = batch["context_input_ids"][b]
+        assert tok.decode(ctx[ctx != 0]) == s["context"]
+        q, lab = batch["query_input_ids"][b], batch["labels"][b]
+        assert tok.decode(q[q != 0]) == s["query"] + s["target"]
+        target_pos = (lab != -100).nonzero().flatten()
+        assert tok.decode(lab[target_pos]) == s["target"]
+        assert torch.equal(q[target_pos], lab[target_pos])
+        assert target_pos[0] == len(s["query"])
+
+
+def test_collate_truncation_counts_and_warns():
+    tok = kv.create_tokenizer(62)
+    samples = [{"context": "!ab:cd!!ef:gh!|", "query": "?!ab:", "target": "cd!|"}] * 3
+    collate = kv.KVCollator(tok, max_context_length=10)
+    with pytest.warns(UserWarning, match="3 contexts and 15 tokens cut"):
+        batch = collate(samples)
+    assert batch["context_input_ids"].shape == (3, 16)
+    assert (batch["context_input_ids"][:, 10:] == 0).all()
+
+
+def test_error_unknown_characters():
+    with pytest.raises(kv.KVDataError, match=r"lacks characters \['é'\].*kv_alphabet_512"):
+        kv.KVCollator(kv.create_tokenizer(62))([{"context": "!aé:b!|", "query": "?!a:", "target": "b!|"}])
+
+
+def test_error_too_many_pairs():
+    with pytest.raises(kv.KVDataError, match="n_pairs=17 but only 16 distinct keys.*raise key_len"):
+        kv.KVTaskConfig(n_pairs=17, key_len=2, vocab_size=4)
+
+
+def test_error_missing_path_and_columns(tmp_path):
+    with pytest.raises(kv.KVDataError, match="does not exist.*--data_path"):
+        kv.load_kv_dataset(tmp_path / "nope")
+    import datasets
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"context": ["x"], "query": ["y"]})}).save_to_disk(
+        str(tmp_path / "bad"))
+    with pytest.raises(kv.KVDataError, match=r"lacks columns \['target'\]"):
+        kv.load_kv_dataset(tmp_path / "bad")
+    with pytest.raises(kv.KVDataError, match="no tokenizer at"):
+        kv.load_tokenizer(tmp_path)
+
+
+def test_atomic_save_leaves_nothing_half_written(tmp_path, monkeypatch):
+    ds, card = small(n=100)
+    monkeypatch.setattr(type(ds), "save_to_disk", lambda self, path: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        kv.save_dataset_atomically(ds, card, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "kv_dataset_utils.py"), *args], cwd=cwd,
+                          capture_output=True, text=True)
+
+
+def test_cli_end_to_end(tmp_path):
+    args = ["--n_pairs", "4", "--n_train", "2000", "--n_valid", "100", "--n_test", "100", "--out", "data/"]
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    path = tmp_path / "data" / "N4-K2V2-V62_2K"
+    ds = kv.load_kv_dataset(path)
+    assert {k: len(v) for k, v in ds.items()} == {"train": 2000, "valid": 100, "test": 100}
+    card = json.loads((path / "dataset_card.json").read_text())
+    assert card["task"]["n_pairs"] == 4 and card["splits"]["train"]["n_samples"] == 2000
+    assert card["size_on_disk_bytes"] > 0
+    assert "generating" in r.stderr  # the progress bar
+
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 2 and "already exists: pass --overwrite" in again.stderr
+    assert "Traceback" not in again.stderr
+    assert run_cli(*args, "--overwrite", "--seed", "1", cwd=tmp_path).returncode == 0
+    assert kv.load_kv_dataset(path)["train"]["context"] != ds["train"]["context"]
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["N4-K2V2-V62_2K"]
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    r = run_cli("--n_pairs", "5000", "--n_train", "10", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: n_pairs=5000 but only 3844 distinct keys")
+    assert "Traceback" not in r.stderr and not (tmp_path / "data").exists()
+
+
+def test_dump_dataset_notebook_runs():
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(ROOT / "notebooks" / "dump_dataset.ipynb", as_version=4)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    outputs = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                      for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "?!" in outputs and "!|" in outputs
