@@ -19,9 +19,7 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -358,30 +356,17 @@ def dataset_folder_name(cfg: KVTaskConfig, n_train: int) -> str:
 
 
 def save_dataset_atomically(dataset, card: dict, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """``save_to_disk`` into a temporary sibling folder, then rename it to ``path``."""
+    """``save_to_disk`` plus ``dataset_card.json`` into a temporary sibling folder, then rename it to ``path``."""
+    from io_utils import atomic_directory
+
     path = Path(path)
     if path.exists() and not overwrite:
         raise KVDataError(f"output folder {path} already exists: pass --overwrite to replace it, "
                           f"or choose another --out.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        dataset.save_to_disk(str(tmp / "data"))
-        for item in (tmp / "data").iterdir():
-            item.rename(tmp / item.name)
-        (tmp / "data").rmdir()
+    with atomic_directory(path, overwrite=overwrite) as tmp:
+        dataset.save_to_disk(str(tmp))
         card = dict(card, size_on_disk_bytes=sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()))
         (tmp / "dataset_card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
-        if path.exists():
-            trash = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(trash)
-            tmp.rename(path)
-            shutil.rmtree(trash)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -1,0 +1,343 @@
+"""GradMem: write a context into memory vectors with K steps of test-time gradient descent.
+
+WRITE. Each sample b starts from its own copy of the learned ``mem_init`` and takes K steps
+
+    M_{k+1} = M_k - inner_lr * U(grad_M L_write(M_k; C_b)),
+    L_write(M; C) = mean_{t: c_t != pad} CE(LM([M; c_<t]), c_t),
+
+where U is SGD or a functional Adam; only M (and, with ``mem_proj_mode='per_sample'``, a per-sample
+linear map) change. Losses are summed over samples, so each sample's step is independent of the batch.
+
+READ. The context is dropped; the LM answers from ``[M_K; query]``. The outer loss back-propagates to
+the model weights and ``mem_init`` through the WRITE steps:
+
+- ``grad_mode='second'``: through every inner gradient (MAML; ``create_graph=True``);
+- ``grad_mode='first'``: straight through, dM_K/dM_0 = I, no Hessian term (the gradient is detached);
+- ``grad_mode='none'``: the memory is detached at each step, so ``mem_init`` never learns.
+"""
+from __future__ import annotations
+
+import argparse
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memory_model import MemoryModel, MemoryModelOutput, upcast
+
+GRAD_MODES = ("none", "first", "second")
+INNER_OPTIMIZERS = ("sgd", "adam")
+MEM_PROJ_MODES = ("none", "proj", "per_sample")
+# LoRA targets per architecture when write_lora_target_modules is not given
+DEFAULT_LORA_TARGETS = {"llama": ("q_proj", "v_proj"), "gpt2": ("c_attn",), "gpt_neox": ("query_key_value",)}
+
+
+@dataclass
+class GradMemConfig:
+    n_mem_tokens: int = 8
+    K: int = 2  # inner steps at training time; write(K=...) may use another number
+    inner_lr: float = 0.04
+    inner_optimizer: str = "sgd"
+    inner_betas: tuple[float, float] = (0.9, 0.999)  # adam only
+    inner_eps: float = 1e-8  # adam only
+    grad_mode: str = "second"
+    last_K_second_order: int | None = None  # second order through only the last k steps; earlier ones first order
+    n_ctrl_tokens: int = 0  # learned vectors in each of: write-start, write-end, read-start, read-end
+    inner_clip_value: float | None = None  # per element
+    inner_clip_norm: float | None = None  # per sample, over all its inner parameters
+    mem_proj_mode: str = "none"
+    use_write_head: bool = False
+    use_write_lora: bool = False
+    write_lora_r: int = 8
+    write_lora_alpha: int = 16
+    write_lora_dropout: float = 0.0
+    write_lora_target_modules: tuple[str, ...] | None = None
+    freeze_backbone: bool = False
+    inner_loss_weight: float = 0.0  # adds weight * L_write(M_K) to the outer loss
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        self.inner_betas = tuple(self.inner_betas)
+        if self.write_lora_target_modules is not None:
+            self.write_lora_target_modules = tuple(self.write_lora_target_modules)
+        checks = [
+            (self.n_mem_tokens >= 1, "n_mem_tokens must be >= 1"),
+            (self.K >= 0, "K must be >= 0"),
+            (self.inner_lr > 0, "inner_lr must be > 0"),
+            (self.inner_optimizer in INNER_OPTIMIZERS, f"inner_optimizer must be one of {INNER_OPTIMIZERS}"),
+            (self.grad_mode in GRAD_MODES, f"grad_mode must be one of {GRAD_MODES}"),
+            (self.mem_proj_mode in MEM_PROJ_MODES, f"mem_proj_mode must be one of {MEM_PROJ_MODES}"),
+            (self.last_K_second_order is None or (self.grad_mode == "second" and self.last_K_second_order >= 1),
+             "last_K_second_order needs grad_mode='second' and a value >= 1"),
+            (self.n_ctrl_tokens >= 0, "n_ctrl_tokens must be >= 0"),
+            (self.inner_clip_value is None or self.inner_clip_value > 0, "inner_clip_value must be > 0"),
+            (self.inner_clip_norm is None or self.inner_clip_norm > 0, "inner_clip_norm must be > 0"),
+            (self.inner_loss_weight >= 0, "inner_loss_weight must be >= 0"),
+            (not ((self.use_write_head or self.use_write_lora) and self.grad_mode != "second"
+                  and self.inner_loss_weight == 0),
+             "the write head and write LoRA act only inside WRITE, so they learn only through second-order "
+             "gradients or the inner loss: set grad_mode='second' or inner_loss_weight > 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"GradMemConfig: {msg}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inner optimisers: pure functions of (grads, state, step), differentiable in every argument.
+# ---------------------------------------------------------------------------------------------
+
+def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt with derivative 0 (not inf) at 0, so double backward through zero gradients stays finite."""
+    positive = x > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
+def sgd_update(grads, opt_state, step, *, lr, **unused):
+    """Update to subtract: ``lr * g``."""
+    return [lr * g for g in grads], opt_state
+
+
+def adam_update(grads, opt_state, step, *, lr, betas, eps):
+    """Adam (Kingma & Ba) as a pure function; ``step`` counts from 0. Matches ``torch.optim.Adam``:
+    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``, update ``lr m_hat / (sqrt(v_hat) + eps)``."""
+    b1, b2 = betas
+    m, v = opt_state if opt_state is not None else ([torch.zeros_like(g) for g in grads],) * 2
+    m = [b1 * mi + (1 - b1) * g for mi, g in zip(m, grads)]
+    v = [b2 * vi + (1 - b2) * g * g for vi, g in zip(v, grads)]
+    t = step + 1
+    updates = [lr / (1 - b1 ** t) * mi / (safe_sqrt(vi / (1 - b2 ** t)) + eps) for mi, vi in zip(m, v)]
+    return updates, (m, v)
+
+
+INNER_UPDATES = {"sgd": sgd_update, "adam": adam_update}
+
+
+def per_sample_norm(tensors) -> torch.Tensor:
+    """``[B]``: the L2 norm of each sample's slice across all tensors (leading dim is the batch)."""
+    return safe_sqrt(sum(t.flatten(1).pow(2).sum(1) for t in tensors))
+
+
+def clip_per_sample(grads, clip_value=None, clip_norm=None):
+    if clip_value is not None:
+        grads = [g.clamp(-clip_value, clip_value) for g in grads]
+    if clip_norm is not None:
+        scale = (clip_norm / (per_sample_norm(grads) + 1e-6)).clamp(max=1.0)  # [B]
+        grads = [g * scale.view(-1, *[1] * (g.dim() - 1)) for g in grads]
+    return grads
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+class GradMemGPT(MemoryModel):
+    """GradMem around any Hugging Face causal LM ``lm``; see the module docstring for the maths."""
+
+    config_class = GradMemConfig
+    model_type = "gradmem"
+
+    def __init__(self, lm, config: GradMemConfig | None = None):
+        config = config or GradMemConfig()
+        super().__init__(lm, config)
+        d, std = self.hidden_size, self.init_std()
+        self.mem_init = nn.Parameter(torch.randn(config.n_mem_tokens, d) * std)  # [M, d]
+        if config.n_ctrl_tokens:
+            # [4, n, d]: write-start, write-end, read-start, read-end
+            self.ctrl = nn.Parameter(torch.randn(4, config.n_ctrl_tokens, d) * std)
+        if config.mem_proj_mode == "proj":
+            self.mem_proj = nn.Linear(d, d)
+            with torch.no_grad():
+                self.mem_proj.weight.copy_(torch.eye(d))
+                self.mem_proj.bias.zero_()
+        elif config.mem_proj_mode == "per_sample":
+            # initial values of the per-sample map, meta-learned; each sample adapts its own copy
+            self.proj_weight_init = nn.Parameter(torch.eye(d))  # [d, d]
+            self.proj_bias_init = nn.Parameter(torch.zeros(d))  # [d]
+        if config.use_write_head:
+            head = lm.get_output_embeddings()
+            self.write_head = nn.Linear(d, head.weight.shape[0], bias=False)
+            with torch.no_grad():
+                self.write_head.weight.copy_(head.weight)
+        if config.use_write_lora:
+            self._add_write_lora()
+        if config.freeze_backbone:
+            for name, p in lm.named_parameters():
+                p.requires_grad_("lora_" in name)
+        if config.gradient_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.to(lm.dtype)
+
+    def _add_write_lora(self):
+        try:
+            from peft import LoraConfig
+        except ImportError:
+            raise ImportError("use_write_lora=True needs the optional package peft: `pip install peft`.") from None
+        c = self.config
+        targets = c.write_lora_target_modules or DEFAULT_LORA_TARGETS.get(self.lm.config.model_type)
+        if not targets:
+            raise ValueError(f"no default LoRA targets for {self.lm.config.model_type!r}: set write_lora_target_modules.")
+        trainable = [p.requires_grad for p in self.lm.parameters()]  # peft freezes the base model
+        self.lm.add_adapter(LoraConfig(r=c.write_lora_r, lora_alpha=c.write_lora_alpha,
+                                       lora_dropout=c.write_lora_dropout, target_modules=list(targets)),
+                            adapter_name="write")
+        self._lora_params = [p for n, p in self.lm.named_parameters() if "lora_" in n]
+        lora_ids = {id(p) for p in self._lora_params}
+        for p, was in zip((p for p in self.lm.parameters() if id(p) not in lora_ids), trainable):
+            p.requires_grad_(was)
+        self._set_write_lora(False)
+
+    def _set_write_lora(self, active: bool):
+        """Switch the WRITE adapters on or off; peft's switch also freezes them, so undo that."""
+        (self.lm.enable_adapters if active else self.lm.disable_adapters)()
+        for p in self._lora_params:
+            p.requires_grad_(True)
+
+    @contextmanager
+    def _write_adapters(self):
+        """LoRA adapters are active during WRITE only."""
+        if not self.config.use_write_lora:
+            yield
+            return
+        self._set_write_lora(True)
+        try:
+            yield
+        finally:
+            self._set_write_lora(False)
+
+    def _prompts(self, first: int, batch_size: int):
+        if not self.config.n_ctrl_tokens:
+            return None, None
+        return tuple(self.ctrl[i].expand(batch_size, -1, -1) for i in (first, first + 1))
+
+    def read_prompts(self, batch_size):
+        return self._prompts(2, batch_size)
+
+    # -- WRITE -------------------------------------------------------------------------------
+    def initial_state(self, batch_size: int, detach: bool) -> list[torch.Tensor]:
+        """Inner parameters, one copy per sample: ``[B, M, d]`` memory (+ ``[B, d, d]``, ``[B, d]`` map)."""
+        inits = [self.mem_init]
+        if self.config.mem_proj_mode == "per_sample":
+            inits += [self.proj_weight_init, self.proj_bias_init]
+        state = [p.unsqueeze(0).expand(batch_size, *p.shape) for p in inits]
+        return [s.detach().clone().requires_grad_() if detach or not s.requires_grad else s for s in state]
+
+    def memory_embeddings(self, state: list[torch.Tensor]) -> torch.Tensor:
+        """``[B, M, d]``: what the LM sees of the inner parameters."""
+        memory = state[0]
+        if self.config.mem_proj_mode == "per_sample":
+            weight, bias = state[1], state[2]
+            return torch.einsum("bmd,bed->bme", memory, weight) + bias[:, None]
+        if self.config.mem_proj_mode == "proj":
+            return self.mem_proj(memory)
+        return memory
+
+    def write_loss(self, state: list[torch.Tensor], context_input_ids: torch.Tensor) -> torch.Tensor:
+        """``[B]`` per-sample L_write: mean CE over non-pad context tokens given ``[prompts; M; c_<t]``."""
+        memory = self.memory_embeddings(state)
+        start, end = self._prompts(0, memory.shape[0])
+        prefix = torch.cat([t for t in (start, memory, end) if t is not None], dim=1)  # [B, P, d]
+        P, S = prefix.shape[1], context_input_ids.shape[1]
+        hidden = self.hidden_states(torch.cat([prefix, self.embed(context_input_ids)], dim=1))
+        head = self.write_head if self.config.use_write_head else self.lm.get_output_embeddings()
+        logits = head(hidden[:, P - 1: P - 1 + S])  # position P-1+t predicts context token t
+        ce = F.cross_entropy(upcast(logits).flatten(0, 1), context_input_ids.flatten(), reduction="none")
+        mask = context_input_ids != self.pad_token_id
+        return (ce.view_as(mask) * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    def inner_step(self, state, opt_state, context_input_ids, step: int, create_graph: bool):
+        """One gradient step on the inner parameters. ``create_graph`` is the only difference
+        between a second-order and a first-order (straight-through) step."""
+        losses = self.write_loss(state, context_input_ids)  # [B]
+        grads = torch.autograd.grad(losses.sum(), state, create_graph=create_graph)
+        grads = clip_per_sample(grads, self.config.inner_clip_value, self.config.inner_clip_norm)
+        c = self.config
+        updates, opt_state = INNER_UPDATES[c.inner_optimizer](grads, opt_state, step, lr=c.inner_lr,
+                                                              betas=c.inner_betas, eps=c.inner_eps)
+        new_state = [s - u for s, u in zip(state, updates)]
+        return new_state, opt_state, losses.detach(), per_sample_norm(grads).detach()
+
+    def write(self, context_input_ids: torch.Tensor, K: int | None = None, return_stats: bool = False):
+        """Memory ``[B, M, d]`` after K inner steps (``config.K`` by default).
+
+        Under ``torch.no_grad()`` the inner gradients are still taken and the result is detached.
+        """
+        c = self.config
+        K = c.K if K is None else K
+        outer = torch.is_grad_enabled() and c.grad_mode != "none"
+        n_second = 0 if not (outer and c.grad_mode == "second") else min(K, c.last_K_second_order or K)
+        losses, grad_norms = [], []
+        with torch.enable_grad(), self._write_adapters():
+            state = self.initial_state(context_input_ids.shape[0], detach=not outer)
+            mem_start, opt_state = state[0], None
+            for step in range(K):
+                state, opt_state, loss, norm = self.inner_step(state, opt_state, context_input_ids, step,
+                                                               create_graph=step >= K - n_second)
+                if not outer:
+                    state = [s.detach().requires_grad_() for s in state]
+                losses.append(loss.mean())
+                grad_norms.append(norm.mean())
+        if not outer:
+            state = [s.detach() for s in state]
+        memory = self.memory_embeddings(state)
+        final_loss = None
+        if c.inner_loss_weight > 0 and torch.is_grad_enabled() and self.training:
+            with self._write_adapters():
+                final_loss = self.write_loss(state, context_input_ids).mean()
+        if not return_stats:
+            return memory
+        stats = {
+            "inner_loss": torch.stack(losses) if losses else memory.new_zeros(0),  # [K]
+            "inner_grad_norm": torch.stack(grad_norms) if grad_norms else memory.new_zeros(0),  # [K]
+            "mem_norm": per_sample_norm([memory.detach()]).mean(),
+            "mem_delta": per_sample_norm([(state[0] - mem_start).detach()]).mean(),
+            "final_write_loss": final_loss,
+        }
+        return memory, stats
+
+    def forward(self, context_input_ids, query_input_ids, labels=None, K=None, **unused) -> MemoryModelOutput:
+        out = super().forward(context_input_ids, query_input_ids, labels, K=K)
+        final = out.stats.pop("final_write_loss")
+        if out.loss is not None:
+            out.stats["read_loss"] = out.loss.detach()
+            if final is not None:
+                out.loss = out.loss + self.config.inner_loss_weight * final
+                out.stats["final_write_loss"] = final.detach()
+        return out
+
+
+def add_gradmem_args(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``GradMemConfig`` field, with help text."""
+    d = GradMemConfig()
+    g = parser.add_argument_group("GradMem")
+    g.add_argument("--n_mem_tokens", type=int, default=d.n_mem_tokens, help="memory vectors M")
+    g.add_argument("--K", type=int, default=d.K, help="inner (WRITE) gradient steps")
+    g.add_argument("--inner_lr", type=float, default=d.inner_lr, help="inner-loop learning rate")
+    g.add_argument("--inner_optimizer", default=d.inner_optimizer, choices=INNER_OPTIMIZERS, help="inner-loop update rule")
+    g.add_argument("--grad_mode", default=d.grad_mode, choices=GRAD_MODES,
+                   help="outer gradient through WRITE: none (detached), first (straight-through), second (MAML)")
+    g.add_argument("--last_K_second_order", type=int, default=d.last_K_second_order,
+                   help="with grad_mode=second: only the last k inner steps keep their graph")
+    g.add_argument("--n_ctrl_tokens", type=int, default=d.n_ctrl_tokens,
+                   help="learned prompt vectors in each of write-start/write-end/read-start/read-end")
+    g.add_argument("--inner_clip_value", type=float, default=d.inner_clip_value, help="clip inner gradients per element")
+    g.add_argument("--inner_clip_norm", type=float, default=d.inner_clip_norm, help="clip inner gradients per sample by norm")
+    g.add_argument("--mem_proj_mode", default=d.mem_proj_mode, choices=MEM_PROJ_MODES,
+                   help="linear map on the memory: none, proj (shared), per_sample (adapted in the inner loop)")
+    g.add_argument("--use_write_head", action="store_true", help="separate LM head for the WRITE loss")
+    g.add_argument("--use_write_lora", action="store_true", help="LoRA adapters active during WRITE only (needs peft)")
+    g.add_argument("--write_lora_r", type=int, default=d.write_lora_r, help="LoRA rank")
+    g.add_argument("--write_lora_alpha", type=int, default=d.write_lora_alpha, help="LoRA alpha")
+    g.add_argument("--write_lora_dropout", type=float, default=d.write_lora_dropout, help="LoRA dropout")
+    g.add_argument("--write_lora_target_modules", nargs="+", default=d.write_lora_target_modules,
+                   help="module names LoRA wraps (default: the attention projections of the architecture)")
+    g.add_argument("--freeze_backbone", action="store_true", help="train only memory, prompts, projections, heads")
+    g.add_argument("--inner_loss_weight", type=float, default=d.inner_loss_weight,
+                   help="weight of the final WRITE loss added to the outer loss")
+    g.add_argument("--gradient_checkpointing", action="store_true", help="recompute LM activations in backward")
+
+
+def gradmem_config_from_args(args: argparse.Namespace) -> GradMemConfig:
+    return GradMemConfig(**{f: getattr(args, f) for f in GradMemConfig.__dataclass_fields__})

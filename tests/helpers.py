@@ -1,0 +1,67 @@
+"""Tiny float64 models and KV batches shared by the model tests.
+
+Hugging Face's eager attention (llama, gpt_neox) and ``LlamaRMSNorm`` compute in float32 even for a
+float64 model, which leaves ~1e-7 noise: too much for finite differences at 1e-6. ``tiny_lm`` in
+float64 therefore uses an attention and an RMSNorm that stay in the input dtype.
+"""
+import types
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+import kv_dataset_utils as kv
+from backbones import BackboneConfig, build_backbone
+
+TOKENIZER = kv.create_tokenizer(62)
+
+
+def dtype_preserving_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention in the input dtype. query ``[B, H, T, D]``, key/value ``[B, Hkv, S, D]``."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    scores = query @ key.transpose(2, 3) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : key.shape[2]]
+    weights = scores.softmax(dim=-1)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
+AttentionInterface.register("dtype_preserving", dtype_preserving_attention)
+AttentionMaskInterface.register("dtype_preserving", ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+
+
+def _rms_norm_in_input_dtype(self, x):
+    return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+
+
+def tiny_lm(base_model="llama", n_layer=1, n_head=2, n_embd=16, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    exact = dtype == torch.float64
+    cfg = BackboneConfig(base_model=base_model, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                         attn_implementation="dtype_preserving" if exact else "eager")
+    lm = build_backbone(cfg, TOKENIZER).to(dtype)
+    if exact:
+        for module in lm.modules():
+            if type(module).__name__.endswith("RMSNorm"):
+                module.forward = types.MethodType(_rms_norm_in_input_dtype, module)
+    return lm
+
+
+def kv_batch(n=4, n_pairs=2, seed=0, **task):
+    ds, _ = kv.generate_kv_dataset(kv.KVTaskConfig(n_pairs=n_pairs, **task), n, 1, 1, seed)
+    return kv.KVCollator(TOKENIZER)([ds["train"][i] for i in range(n)])
+
+
+def directional_fd(loss_fn, params, directions, eps=1e-5):
+    """Central finite difference of ``loss_fn()`` along ``directions`` (float64 parameters)."""
+    with torch.no_grad():
+        for p, v in zip(params, directions):
+            p.add_(eps * v)
+        plus = loss_fn().item()
+        for p, v in zip(params, directions):
+            p.sub_(2 * eps * v)
+        minus = loss_fn().item()
+        for p, v in zip(params, directions):
+            p.add_(eps * v)
+    return (plus - minus) / (2 * eps)

@@ -1,0 +1,304 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from grad_memgpt import GradMemConfig, GradMemGPT, adam_update
+from helpers import TOKENIZER, directional_fd, kv_batch, tiny_lm
+from memory_model import causal_lm_loss, load_memory, save_memory
+
+try:
+    import peft  # noqa: F401
+    HAVE_PEFT = True
+except ImportError:
+    HAVE_PEFT = False
+
+
+def make(base_model="llama", seed=0, **cfg):
+    torch.manual_seed(seed)
+    return GradMemGPT(tiny_lm(base_model, seed=seed), GradMemConfig(**cfg))
+
+
+# --- an independent reference implementation of WRITE/READ, written straight on the HF model -----
+
+def reference_loss(model, batch, K, lr, create_graph):
+    """Outer loss with plain SGD inner steps; ``create_graph[k]`` says whether step k is second order."""
+    lm = model.lm
+    ctx, qry, labels = batch["context_input_ids"], batch["query_input_ids"], batch["labels"]
+    emb = lm.get_input_embeddings()
+    memory = model.mem_init.expand(ctx.shape[0], -1, -1)
+    for k in range(K):
+        logits = lm(inputs_embeds=torch.cat([memory, emb(ctx)], 1)).logits
+        M = memory.shape[1]
+        ce = F.cross_entropy(logits[:, M - 1:-1].transpose(1, 2), ctx, reduction="none")
+        mask = (ctx != 0).double()
+        per_sample = (ce * mask).sum(1) / mask.sum(1).clamp(min=1)
+        (g,) = torch.autograd.grad(per_sample.sum(), memory, create_graph=create_graph[k])
+        memory = memory - lr * g
+    logits = lm(inputs_embeds=torch.cat([memory, emb(qry)], 1)).logits[:, memory.shape[1]:]
+    return causal_lm_loss(logits, labels)
+
+
+def grads_of(loss, params):
+    return torch.autograd.grad(loss, params, allow_unused=True)
+
+
+def test_second_order_matches_finite_differences():
+    model = make(K=2, inner_lr=2.0, grad_mode="second")
+    batch = kv_batch(3)
+    weight = model.lm.model.layers[0].self_attn.q_proj.weight
+    params = [model.mem_init, weight]
+    analytic = grads_of(model(**batch).loss, params)
+    torch.manual_seed(1)
+    for p, g in zip(params, analytic):
+        v = torch.randn_like(p)
+        fd = directional_fd(lambda: model(**batch).loss, [p], [v])
+        assert abs((g * v).sum().item() - fd) <= 1e-6 * abs(fd), (p.shape, fd)
+    # the Hessian term matters here: first order would not pass the same check
+    model.config.grad_mode = "first"
+    first = grads_of(model(**batch).loss, params)
+    assert not torch.allclose(first[0], analytic[0], rtol=1e-3)
+
+
+def test_second_order_matches_reference():
+    model = make(K=3, inner_lr=1.0, grad_mode="second")
+    batch = kv_batch(3)
+    params = [model.mem_init] + list(model.lm.parameters())
+    ours = grads_of(model(**batch).loss, params)
+    ref = grads_of(reference_loss(model, batch, 3, 1.0, [True] * 3), params)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_first_order_equals_detached_reference():
+    model = make(K=2, inner_lr=1.0, grad_mode="first")
+    batch = kv_batch(3)
+    params = [model.mem_init] + list(model.lm.parameters())
+    ours = grads_of(model(**batch).loss, params)
+    ref = grads_of(reference_loss(model, batch, 2, 1.0, [False, False]), params)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_last_k_second_order_matches_hand_built_reference():
+    model = make(K=3, inner_lr=1.0, grad_mode="second", last_K_second_order=1)
+    batch = kv_batch(3)
+    params = [model.mem_init] + list(model.lm.parameters())
+    ours = grads_of(model(**batch).loss, params)
+    ref = grads_of(reference_loss(model, batch, 3, 1.0, [False, False, True]), params)
+    full = grads_of(reference_loss(model, batch, 3, 1.0, [True] * 3), params)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(ours[0], full[0], rtol=1e-4)
+
+
+def test_grad_mode_none_leaves_mem_init_untrained():
+    model = make(K=2, grad_mode="none")
+    out = model(**kv_batch(3))
+    out.loss.backward()
+    assert model.mem_init.grad is None
+    assert model.lm.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_k0_reads_mem_init_and_all_padding_context_is_safe():
+    model = make(K=2, inner_optimizer="adam", inner_clip_norm=1.0)
+    batch = kv_batch(3)
+    memory = model.write(batch["context_input_ids"], K=0)
+    torch.testing.assert_close(memory, model.mem_init.expand(3, -1, -1))
+    batch["context_input_ids"][1] = 0  # sample 1: nothing but padding
+    out = model(**batch)
+    torch.testing.assert_close(out.memory[1], model.mem_init)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_samples_are_independent_of_the_batch():
+    model = make(K=2, inner_optimizer="adam", inner_clip_norm=0.5, mem_proj_mode="per_sample")
+    a, b = kv_batch(3, seed=0), kv_batch(3, n_pairs=5, seed=1)
+    mixed = a["context_input_ids"].clone()
+    mixed = torch.nn.functional.pad(mixed, (0, b["context_input_ids"].shape[1] - mixed.shape[1]))
+    mixed[2] = b["context_input_ids"][2]  # another sample 2, and a longer padded batch
+    with torch.no_grad():
+        m1 = model.write(a["context_input_ids"])
+        m2 = model.write(mixed)
+    torch.testing.assert_close(m1[:2], m2[:2], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(m1[2], m2[2])
+    alone = model.write(a["context_input_ids"][:1])  # batch size 1: same step for sample 0
+    torch.testing.assert_close(alone[0], m1[0].detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_write_under_no_grad_and_other_k():
+    model = make(K=2)
+    ctx = kv_batch(2)["context_input_ids"]
+    with torch.no_grad():
+        m2, stats = model.write(ctx, return_stats=True)
+        m5, stats5 = model.write(ctx, K=5, return_stats=True)
+    assert not m2.requires_grad and stats["inner_loss"].shape == (2,) and stats5["inner_loss"].shape == (5,)
+    torch.testing.assert_close(m2, model.write(ctx).detach())
+    assert stats5["inner_loss"][-1] < stats5["inner_loss"][0]  # the inner loop descends
+    assert not torch.allclose(m2, m5)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_model_weights_do_not_change_in_write():
+    model = make(K=3)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    model.write(kv_batch(2)["context_input_ids"])
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_adam_matches_torch_optim_step_for_step():
+    torch.manual_seed(0)
+    p0 = torch.randn(3, 4, dtype=torch.float64)
+    grads = [torch.randn(3, 4, dtype=torch.float64) for _ in range(5)]
+    grads[2][0] = 0.0
+    ref = p0.clone().requires_grad_()
+    opt = torch.optim.Adam([ref], lr=0.1, betas=(0.8, 0.99), eps=1e-8)
+    ours, state = p0.clone(), None
+    for step, g in enumerate(grads):
+        ref.grad = g.clone()
+        opt.step()
+        (update,), state = adam_update([g], state, step, lr=0.1, betas=(0.8, 0.99), eps=1e-8)
+        ours = ours - update
+        torch.testing.assert_close(ours, ref.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_second_order_through_adam_matches_finite_differences():
+    # Adam's update m / sqrt(v) is nearly sign(g): a larger inner_eps smooths it, and a smaller FD step
+    # keeps the truncation error (which falls as step^2: 7e-5 at 1e-4, 7e-10 at 1e-6) under the bound.
+    model = make(K=2, inner_lr=0.05, inner_optimizer="adam", inner_eps=1e-2, inner_clip_norm=3.0)
+    batch = kv_batch(2)
+    (g,) = grads_of(model(**batch).loss, [model.mem_init])
+    v = torch.randn_like(model.mem_init)
+    fd = directional_fd(lambda: model(**batch).loss, [model.mem_init], [v], eps=1e-6)
+    assert abs((g * v).sum().item() - fd) <= 1e-6 * abs(fd)
+
+
+OPTION_GRID = [
+    dict(grad_mode=g, inner_optimizer=o, mem_proj_mode=p)
+    for g, o, p in itertools.product(["none", "first", "second"], ["sgd", "adam"], ["none", "proj", "per_sample"])
+] + [
+    dict(n_ctrl_tokens=2),
+    dict(n_ctrl_tokens=1, grad_mode="first", use_write_head=True, inner_loss_weight=0.3),
+    dict(inner_clip_value=0.01, inner_clip_norm=0.1),
+    dict(use_write_head=True, inner_loss_weight=0.5),
+    dict(freeze_backbone=True, inner_loss_weight=0.5, mem_proj_mode="proj"),
+    dict(gradient_checkpointing=True, K=2),
+    dict(K=3, last_K_second_order=2, n_ctrl_tokens=1),
+    pytest.param(dict(use_write_lora=True, write_lora_r=2), marks=pytest.mark.skipif(not HAVE_PEFT, reason="peft not installed")),
+    pytest.param(dict(use_write_lora=True, freeze_backbone=True, grad_mode="first", inner_loss_weight=0.5),
+                 marks=pytest.mark.skipif(not HAVE_PEFT, reason="peft not installed")),
+]
+
+
+@pytest.mark.parametrize("options", OPTION_GRID, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_every_option_runs_forward_and_backward(options):
+    model = make(**options)
+    model.train()
+    out = model(**kv_batch(3))
+    assert torch.isfinite(out.loss) and out.logits.shape[:2] == kv_batch(3)["query_input_ids"].shape
+    out.loss.backward()
+    cfg = model.config
+    trained = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert ("mem_init" in trained) == (cfg.grad_mode != "none")
+    assert any(n.startswith("lm.") and "lora_" not in n for n in trained) == (not cfg.freeze_backbone)
+    if cfg.n_ctrl_tokens:
+        assert "ctrl" in trained
+    if cfg.mem_proj_mode == "proj":
+        assert "mem_proj.weight" in trained
+    if cfg.mem_proj_mode == "per_sample" and cfg.grad_mode != "none":
+        assert {"proj_weight_init", "proj_bias_init"} <= trained
+    if cfg.use_write_head and (cfg.inner_loss_weight or cfg.grad_mode == "second"):
+        assert "write_head.weight" in trained
+    if cfg.use_write_lora:
+        assert any("lora_" in n for n in trained)
+        assert not any("lora_" in n and "lm_head" in n for n in trained)
+    assert set(out.stats) >= {"inner_loss", "inner_grad_norm", "mem_norm", "mem_delta", "read_loss"}
+
+
+@pytest.mark.parametrize("base_model", ["gpt2", "gpt_neox"])
+def test_other_backbones_second_order(base_model):
+    model = make(base_model, K=2, inner_lr=1.0)
+    batch = kv_batch(2)
+    (g,) = grads_of(model(**batch).loss, [model.mem_init])
+    v = torch.randn_like(model.mem_init)
+    fd = directional_fd(lambda: model(**batch).loss, [model.mem_init], [v])
+    assert abs((g * v).sum().item() - fd) <= 1e-6 * abs(fd)
+
+
+def test_lora_is_active_in_write_only():
+    if not HAVE_PEFT:
+        pytest.skip("peft not installed")
+    model = make(use_write_lora=True, write_lora_r=2)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p)  # peft starts B at zero; make the adapter do something
+    batch = kv_batch(2)
+    with torch.no_grad():
+        memory = model.write(batch["context_input_ids"])
+        read_with = model.read(memory, batch["query_input_ids"]).logits
+        model.lm.enable_adapters()
+        read_on = model.read(memory, batch["query_input_ids"]).logits
+        model.lm.disable_adapters()
+    assert not torch.allclose(read_with, read_on)
+    plain = make(use_write_lora=False)
+    plain.load_state_dict({k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k})
+    with torch.no_grad():
+        assert not torch.allclose(plain.write(batch["context_input_ids"]), memory)
+
+
+def test_invalid_options_raise_at_construction():
+    for bad in [dict(grad_mode="third"), dict(last_K_second_order=1, grad_mode="first"), dict(K=-1),
+                dict(inner_optimizer="rmsprop"), dict(mem_proj_mode="x"), dict(inner_lr=0),
+                dict(use_write_head=True, grad_mode="first"), dict(use_write_lora=True, grad_mode="none")]:
+        with pytest.raises(ValueError, match="GradMemConfig"):
+            GradMemConfig(**bad)
+
+
+def test_generate_agrees_with_teacher_forced_argmax():
+    model = make(K=1)
+    batch = kv_batch(3)
+    q_len = int((batch["labels"][0] == -100).sum())  # query length: every KV query has the same length
+    query = batch["query_input_ids"][:, :q_len]
+    with torch.no_grad():
+        memory = model.write(batch["context_input_ids"])
+        new = model.generate(memory, query, max_new_tokens=4)
+        logits = model.read(memory, torch.cat([query, new], 1)).logits
+    torch.testing.assert_close(logits[:, q_len - 1:-1].argmax(-1), new)
+
+
+def test_save_and_load_pretrained_and_memory(tmp_path):
+    model = make(n_ctrl_tokens=1, use_write_head=True, mem_proj_mode="per_sample")
+    batch = kv_batch(2)
+    model.save_pretrained(tmp_path / "m")
+    loaded = GradMemGPT.from_pretrained(tmp_path / "m").double()
+    assert loaded.config == model.config
+    with torch.no_grad():
+        a, b = model(**batch), loaded(**batch)
+    torch.testing.assert_close(a.logits, b.logits)
+    save_memory(a.memory, tmp_path / "mem.safetensors", n_mem_tokens=8, context="demo")
+    memory, meta = load_memory(tmp_path / "mem.safetensors")
+    torch.testing.assert_close(memory, a.memory)
+    assert meta == {"n_mem_tokens": 8, "context": "demo"}
+    assert model.state_bytes_per_context() == 8 * 16 * 8
+
+
+def test_learns_a_small_kv_task():
+    """Overfit 8 samples of 2 pairs to exact match with second-order GradMem."""
+    torch.manual_seed(0)
+    model = GradMemGPT(tiny_lm(n_layer=2, n_embd=32, dtype=torch.float32), GradMemConfig(K=2, n_mem_tokens=4, inner_lr=0.5))
+    batch = kv_batch(8, n_pairs=2, seed=3)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(400):
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.02:
+            break
+    with torch.no_grad():
+        logits = model(**batch).logits
+    target = batch["labels"][:, 1:] != -100
+    correct = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) | ~target
+    assert correct.all(dim=1).float().mean() == 1.0, f"loss {loss.item():.3f} after {step} steps"
