@@ -1,0 +1,101 @@
+"""Median time and peak memory of one training step (forward, backward, AdamW step).
+
+Reference setting: llama L4 H4 D128, 8 memory tokens, K=2, N16-K2V2-V62 contexts, batch 64.
+Each setting runs in a fresh subprocess, so its peak memory (peak RSS on CPU,
+``torch.cuda.max_memory_allocated`` on GPU) is its own.
+
+    python bench/train_step.py                                # GradMem in each grad mode
+    python bench/train_step.py --setting grad_mode=second K=5 # any GradMemConfig fields
+"""
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def parse_setting(words: list[str]) -> dict:
+    """``["grad_mode=second", "K=5"]`` -> ``{"grad_mode": "second", "K": 5}`` (values parsed as JSON when they can be)."""
+    out = {}
+    for w in words:
+        key, _, value = w.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def run_one(setting: dict, args) -> dict:
+    """Build the model in this process, time ``args.repeats`` steps after ``args.warmup``, report."""
+    import torch
+
+    import kv_dataset_utils as kv
+    from backbones import BackboneConfig, build_backbone
+    from grad_memgpt import GradMemConfig, GradMemGPT
+
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = kv.create_tokenizer(62)
+    setting = dict(setting)
+    backbone = BackboneConfig(attn_implementation=setting.pop("attn_implementation", "eager"))
+    model = GradMemGPT(build_backbone(backbone, tok), GradMemConfig(**setting)).to(device).train()
+    ds, _ = kv.generate_kv_dataset(kv.KVTaskConfig(n_pairs=args.n_pairs), args.batch_size, 1, 1, seed=0)
+    batch = {k: v.to(device) for k, v in kv.KVCollator(tok)(list(ds["train"])).items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for i in range(args.warmup + args.repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    if device == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"median_s": statistics.median(times), "min_s": min(times), "peak_mb": peak_mb, "device": device}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--setting", nargs="+", action="append", help="GradMemConfig fields for one setting (repeatable)")
+    p.add_argument("--batch_size", type=int, default=64, help="samples per step")
+    p.add_argument("--n_pairs", type=int, default=16, help="key-value pairs per context")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps; the median is reported")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(run_one(json.loads(args.child), args)))
+        return
+    settings = [parse_setting(s) for s in args.setting] if args.setting else [
+        {"grad_mode": m} for m in ("none", "first", "second")]
+    passthrough = ["--batch_size", str(args.batch_size), "--n_pairs", str(args.n_pairs),
+                   "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    print(f"{'setting':<44}{'median s/step':>14}{'min s/step':>12}{'peak MB':>10}")
+    for setting in settings:
+        res = subprocess.run([sys.executable, __file__, "--child", json.dumps(setting), *passthrough],
+                             capture_output=True, text=True, cwd=ROOT)
+        if res.returncode:
+            print(f"{json.dumps(setting):<44} failed: {res.stderr.strip().splitlines()[-1]}")
+            continue
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        label = " ".join(f"{k}={v}" for k, v in setting.items())
+        print(f"{label:<44}{r['median_s']:>14.3f}{r['min_s']:>12.3f}{r['peak_mb']:>10.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

