@@ -5,9 +5,10 @@ Architectures from a config: ``llama``, ``gpt2``, ``gpt_neox`` (pythia-style, al
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
+
+from cli import option
 
 ARCHITECTURES = ("llama", "gpt2", "gpt_neox", "pythia", "mamba")
 
@@ -17,15 +18,16 @@ class BackboneConfig:
     """Which LM to build. ``pretrained_path`` (a local folder, optionally with ``gguf_file``)
     overrides the architecture fields."""
 
-    base_model: str = "llama"
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    max_position_embeddings: int = 2048
-    dropout: float = 0.0  # all dropout of a from-scratch model (attention, residual, embedding)
-    attn_implementation: str = "eager"  # second-order WRITE needs a double-differentiable attention
-    pretrained_path: str | None = None
-    gguf_file: str | None = None
+    base_model: str = option("llama", "LM architecture built from scratch", choices=ARCHITECTURES)
+    n_layer: int = option(4, "layers")
+    n_head: int = option(4, "attention heads")
+    n_embd: int = option(128, "hidden size")
+    max_position_embeddings: int = option(2048, "longest sequence the position embeddings cover")
+    dropout: float = option(0.0, "all dropout of a from-scratch model (attention, residual, embedding)")
+    attn_implementation: str = option("eager", "transformers attention: eager (double-differentiable, needed for "
+                                      "second order), sdpa, or a kernel registered by attn_double_bwd")
+    pretrained_path: str | None = option(None, "local folder of a pretrained LM (overrides the architecture flags)")
+    gguf_file: str | None = option(None, "GGUF file name inside --pretrained_path")
 
     def __post_init__(self):
         if self.base_model not in ARCHITECTURES:
@@ -87,24 +89,3 @@ def build_backbone(cfg: BackboneConfig, tokenizer=None, vocab_size: int | None =
     kwargs = {} if cfg.base_model == "mamba" else {"attn_implementation": cfg.attn_implementation}
     lm = AutoModelForCausalLM.from_config(config, **kwargs)
     return lm.to(dtype) if dtype is not None else lm
-
-
-def add_backbone_args(parser: argparse.ArgumentParser, **defaults) -> None:
-    """The ``BackboneConfig`` flags, shared by every run script."""
-    d = BackboneConfig(**defaults)
-    g = parser.add_argument_group("backbone")
-    g.add_argument("--base_model", default=d.base_model, choices=ARCHITECTURES, help="LM architecture built from scratch")
-    g.add_argument("--n_layer", type=int, default=d.n_layer, help="transformer layers")
-    g.add_argument("--n_head", type=int, default=d.n_head, help="attention heads")
-    g.add_argument("--n_embd", type=int, default=d.n_embd, help="hidden size")
-    g.add_argument("--max_position_embeddings", type=int, default=d.max_position_embeddings,
-                   help="longest sequence the position embeddings cover")
-    g.add_argument("--dropout", type=float, default=d.dropout, help="dropout of a from-scratch backbone")
-    g.add_argument("--attn_implementation", default=d.attn_implementation,
-                   help="transformers attention: eager, sdpa, or a double-backward kernel from attn_double_bwd")
-    g.add_argument("--pretrained_path", default=d.pretrained_path, help="local folder of a pretrained LM (overrides the above)")
-    g.add_argument("--gguf_file", default=d.gguf_file, help="GGUF file name inside --pretrained_path")
-
-
-def backbone_config_from_args(args: argparse.Namespace) -> BackboneConfig:
-    return BackboneConfig(**{f: getattr(args, f) for f in BackboneConfig.__dataclass_fields__})

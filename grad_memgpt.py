@@ -17,15 +17,14 @@ the model weights and ``mem_init`` through the WRITE steps:
 """
 from __future__ import annotations
 
-import argparse
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from memory_model import MemoryModel, MemoryModelOutput, upcast
+from cli import option
+from memory_model import MemoryModel, MemoryModelOutput
 
 GRAD_MODES = ("none", "first", "second")
 INNER_OPTIMIZERS = ("sgd", "adam")
@@ -36,27 +35,31 @@ DEFAULT_LORA_TARGETS = {"llama": ("q_proj", "v_proj"), "gpt2": ("c_attn",), "gpt
 
 @dataclass
 class GradMemConfig:
-    n_mem_tokens: int = 8
-    K: int = 2  # inner steps at training time; write(K=...) may use another number
-    inner_lr: float = 0.04
-    inner_optimizer: str = "sgd"
-    inner_betas: tuple[float, float] = (0.9, 0.999)  # adam only
-    inner_eps: float = 1e-8  # adam only
-    grad_mode: str = "second"
-    last_K_second_order: int | None = None  # second order through only the last k steps; earlier ones first order
-    n_ctrl_tokens: int = 0  # learned vectors in each of: write-start, write-end, read-start, read-end
-    inner_clip_value: float | None = None  # per element
-    inner_clip_norm: float | None = None  # per sample, over all its inner parameters
-    mem_proj_mode: str = "none"
-    use_write_head: bool = False
-    use_write_lora: bool = False
-    write_lora_r: int = 8
-    write_lora_alpha: int = 16
-    write_lora_dropout: float = 0.0
-    write_lora_target_modules: tuple[str, ...] | None = None
-    freeze_backbone: bool = False
-    inner_loss_weight: float = 0.0  # adds weight * L_write(M_K) to the outer loss
-    gradient_checkpointing: bool = False
+    n_mem_tokens: int = option(8, "memory vectors M")
+    K: int = option(2, "inner (WRITE) gradient steps at training time; write(K=...) may use another number")
+    inner_lr: float = option(0.04, "inner-loop learning rate")
+    inner_optimizer: str = option("sgd", "inner-loop update rule", choices=INNER_OPTIMIZERS)
+    inner_betas: tuple[float, float] = option((0.9, 0.999), "Adam betas of the inner loop")
+    inner_eps: float = option(1e-8, "Adam epsilon of the inner loop")
+    grad_mode: str = option("second", "outer gradient through WRITE: none (memory detached), first "
+                            "(straight-through), second (MAML)", choices=GRAD_MODES)
+    last_K_second_order: int | None = option(None, "with grad_mode=second: only the last k inner steps keep their "
+                                             "graph, earlier ones are first order")
+    n_ctrl_tokens: int = option(0, "learned vectors in each of write-start, write-end, read-start, read-end")
+    inner_clip_value: float | None = option(None, "clip inner gradients per element")
+    inner_clip_norm: float | None = option(None, "clip inner gradients per sample, by their norm over all inner parameters")
+    mem_proj_mode: str = option("none", "linear map on the memory: none, proj (shared), per_sample (adapted in the "
+                                "inner loop, initial values meta-learned)", choices=MEM_PROJ_MODES)
+    use_write_head: bool = option(False, "separate LM head for the WRITE loss, initialised from the LM head")
+    use_write_lora: bool = option(False, "LoRA adapters active during WRITE only (needs the optional package peft)")
+    write_lora_r: int = option(8, "LoRA rank")
+    write_lora_alpha: int = option(16, "LoRA alpha")
+    write_lora_dropout: float = option(0.0, "LoRA dropout")
+    write_lora_target_modules: tuple[str, ...] | None = option(None, "modules LoRA wraps (default: the attention "
+                                                               "projections of the architecture)")
+    freeze_backbone: bool = option(False, "train only memory, prompts, projections and heads")
+    inner_loss_weight: float = option(0.0, "weight of the final WRITE loss L_write(M_K) added to the outer loss")
+    gradient_checkpointing: bool = option(False, "recompute LM activations in the backward pass")
 
     def __post_init__(self):
         self.inner_betas = tuple(self.inner_betas)
@@ -144,9 +147,7 @@ class GradMemGPT(MemoryModel):
         super().__init__(lm, config)
         d, std = self.hidden_size, self.init_std()
         self.mem_init = nn.Parameter(torch.randn(config.n_mem_tokens, d) * std)  # [M, d]
-        if config.n_ctrl_tokens:
-            # [4, n, d]: write-start, write-end, read-start, read-end
-            self.ctrl = nn.Parameter(torch.randn(4, config.n_ctrl_tokens, d) * std)
+        self.add_prompts(config.n_ctrl_tokens)
         if config.mem_proj_mode == "proj":
             self.mem_proj = nn.Linear(d, d)
             with torch.no_grad():
@@ -157,10 +158,7 @@ class GradMemGPT(MemoryModel):
             self.proj_weight_init = nn.Parameter(torch.eye(d))  # [d, d]
             self.proj_bias_init = nn.Parameter(torch.zeros(d))  # [d]
         if config.use_write_head:
-            head = lm.get_output_embeddings()
-            self.write_head = nn.Linear(d, head.weight.shape[0], bias=False)
-            with torch.no_grad():
-                self.write_head.weight.copy_(head.weight)
+            self.add_write_head()
         if config.use_write_lora:
             self._add_write_lora()
         if config.freeze_backbone:
@@ -207,14 +205,6 @@ class GradMemGPT(MemoryModel):
         finally:
             self._set_write_lora(False)
 
-    def _prompts(self, first: int, batch_size: int):
-        if not self.config.n_ctrl_tokens:
-            return None, None
-        return tuple(self.ctrl[i].expand(batch_size, -1, -1) for i in (first, first + 1))
-
-    def read_prompts(self, batch_size):
-        return self._prompts(2, batch_size)
-
     # -- WRITE -------------------------------------------------------------------------------
     def initial_state(self, batch_size: int, detach: bool) -> list[torch.Tensor]:
         """Inner parameters, one copy per sample: ``[B, M, d]`` memory (+ ``[B, d, d]``, ``[B, d]`` map)."""
@@ -237,15 +227,9 @@ class GradMemGPT(MemoryModel):
     def write_loss(self, state: list[torch.Tensor], context_input_ids: torch.Tensor) -> torch.Tensor:
         """``[B]`` per-sample L_write: mean CE over non-pad context tokens given ``[prompts; M; c_<t]``."""
         memory = self.memory_embeddings(state)
-        start, end = self._prompts(0, memory.shape[0])
+        start, end = self.prompts(0, memory.shape[0])
         prefix = torch.cat([t for t in (start, memory, end) if t is not None], dim=1)  # [B, P, d]
-        P, S = prefix.shape[1], context_input_ids.shape[1]
-        hidden = self.hidden_states(torch.cat([prefix, self.embed(context_input_ids)], dim=1))
-        head = self.write_head if self.config.use_write_head else self.lm.get_output_embeddings()
-        logits = head(hidden[:, P - 1: P - 1 + S])  # position P-1+t predicts context token t
-        ce = F.cross_entropy(upcast(logits).flatten(0, 1), context_input_ids.flatten(), reduction="none")
-        mask = context_input_ids != self.pad_token_id
-        return (ce.view_as(mask) * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.context_nll(prefix, context_input_ids, self.write_head if self.config.use_write_head else None)
 
     def inner_step(self, state, opt_state, context_input_ids, step: int, create_graph: bool):
         """One gradient step on the inner parameters. ``create_graph`` is the only difference
@@ -306,38 +290,3 @@ class GradMemGPT(MemoryModel):
                 out.loss = out.loss + self.config.inner_loss_weight * final
                 out.stats["final_write_loss"] = final.detach()
         return out
-
-
-def add_gradmem_args(parser: argparse.ArgumentParser) -> None:
-    """One flag per ``GradMemConfig`` field, with help text."""
-    d = GradMemConfig()
-    g = parser.add_argument_group("GradMem")
-    g.add_argument("--n_mem_tokens", type=int, default=d.n_mem_tokens, help="memory vectors M")
-    g.add_argument("--K", type=int, default=d.K, help="inner (WRITE) gradient steps")
-    g.add_argument("--inner_lr", type=float, default=d.inner_lr, help="inner-loop learning rate")
-    g.add_argument("--inner_optimizer", default=d.inner_optimizer, choices=INNER_OPTIMIZERS, help="inner-loop update rule")
-    g.add_argument("--grad_mode", default=d.grad_mode, choices=GRAD_MODES,
-                   help="outer gradient through WRITE: none (detached), first (straight-through), second (MAML)")
-    g.add_argument("--last_K_second_order", type=int, default=d.last_K_second_order,
-                   help="with grad_mode=second: only the last k inner steps keep their graph")
-    g.add_argument("--n_ctrl_tokens", type=int, default=d.n_ctrl_tokens,
-                   help="learned prompt vectors in each of write-start/write-end/read-start/read-end")
-    g.add_argument("--inner_clip_value", type=float, default=d.inner_clip_value, help="clip inner gradients per element")
-    g.add_argument("--inner_clip_norm", type=float, default=d.inner_clip_norm, help="clip inner gradients per sample by norm")
-    g.add_argument("--mem_proj_mode", default=d.mem_proj_mode, choices=MEM_PROJ_MODES,
-                   help="linear map on the memory: none, proj (shared), per_sample (adapted in the inner loop)")
-    g.add_argument("--use_write_head", action="store_true", help="separate LM head for the WRITE loss")
-    g.add_argument("--use_write_lora", action="store_true", help="LoRA adapters active during WRITE only (needs peft)")
-    g.add_argument("--write_lora_r", type=int, default=d.write_lora_r, help="LoRA rank")
-    g.add_argument("--write_lora_alpha", type=int, default=d.write_lora_alpha, help="LoRA alpha")
-    g.add_argument("--write_lora_dropout", type=float, default=d.write_lora_dropout, help="LoRA dropout")
-    g.add_argument("--write_lora_target_modules", nargs="+", default=d.write_lora_target_modules,
-                   help="module names LoRA wraps (default: the attention projections of the architecture)")
-    g.add_argument("--freeze_backbone", action="store_true", help="train only memory, prompts, projections, heads")
-    g.add_argument("--inner_loss_weight", type=float, default=d.inner_loss_weight,
-                   help="weight of the final WRITE loss added to the outer loss")
-    g.add_argument("--gradient_checkpointing", action="store_true", help="recompute LM activations in backward")
-
-
-def gradmem_config_from_args(args: argparse.Namespace) -> GradMemConfig:
-    return GradMemConfig(**{f: getattr(args, f) for f in GradMemConfig.__dataclass_fields__})

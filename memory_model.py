@@ -89,13 +89,45 @@ class MemoryModel(nn.Module):
                                  position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
+    def context_nll(self, prefix: torch.Tensor, context_input_ids: torch.Tensor, head=None) -> torch.Tensor:
+        """``[B]`` per-sample mean CE of each non-pad context token given ``[prefix; c_<t]``.
+
+        The first context token is predicted from the last prefix position. Right padding is safe:
+        under causal attention no real token sees a pad.
+        """
+        P, S = prefix.shape[1], context_input_ids.shape[1]
+        hidden = self.hidden_states(torch.cat([prefix, self.embed(context_input_ids)], dim=1))
+        logits = (head or self.lm.get_output_embeddings())(hidden[:, P - 1: P - 1 + S])  # [B, S, V]
+        ce = F.cross_entropy(upcast(logits).flatten(0, 1), context_input_ids.flatten(), reduction="none")
+        mask = context_input_ids != self.pad_token_id
+        return (ce.view_as(mask) * mask).sum(1) / mask.sum(1).clamp(min=1)
+
     def init_std(self) -> float:
         return float(getattr(self.lm.config, "initializer_range", 0.02))
+
+    # -- learned pieces shared by the memory models ------------------------------------------------
+    def add_prompts(self, n_ctrl_tokens: int) -> None:
+        """``ctrl [4, n, d]``: write-start, write-end, read-start, read-end prompt vectors."""
+        if n_ctrl_tokens:
+            self.ctrl = nn.Parameter(torch.randn(4, n_ctrl_tokens, self.hidden_size) * self.init_std())
+
+    def prompts(self, first: int, batch_size: int):
+        """(start, end) prompts ``[B, n, d]`` for WRITE (``first=0``) or READ (``first=2``), or Nones."""
+        if not hasattr(self, "ctrl"):
+            return None, None
+        return tuple(self.ctrl[i].expand(batch_size, -1, -1) for i in (first, first + 1))
+
+    def add_write_head(self) -> None:
+        """A separate LM head for the WRITE/reconstruction loss, initialised from the LM head."""
+        head = self.lm.get_output_embeddings()
+        self.write_head = nn.Linear(self.hidden_size, head.weight.shape[0], bias=False)
+        with torch.no_grad():
+            self.write_head.weight.copy_(head.weight)
 
     # -- READ ---------------------------------------------------------------------------------
     def read_prompts(self, batch_size: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Learned vectors placed before and after the memory at READ, each ``[B, n, d]`` or None."""
-        return None, None
+        return self.prompts(2, batch_size)
 
     def read_prefix(self, memory: torch.Tensor) -> torch.Tensor:
         """``[B, P, d]``: read-start prompt, memory, read-end prompt."""
