@@ -1,11 +1,16 @@
-"""Median time and peak memory of one training step (forward, backward, AdamW step).
+"""Median time and peak memory of one training step (forward, backward, AdamW step), and the bytes of
+state each model keeps per context.
 
 Reference setting: llama L4 H4 D128, 8 memory tokens, K=2, N16-K2V2-V62 contexts, batch 64.
 Each setting runs in a fresh subprocess, so its peak memory (peak RSS on CPU,
 ``torch.cuda.max_memory_allocated`` on GPU) is its own.
 
-    python bench/train_step.py                                # GradMem in each grad mode
-    python bench/train_step.py --setting grad_mode=second K=5 # any GradMemConfig fields
+    python bench/train_step.py                                      # GradMem (3 grad modes) and the baselines
+    python bench/train_step.py --setting model=gradmem grad_mode=second K=5
+    python bench/train_step.py --setting model=rmt K=1 mem_proj_mode=proj
+
+A setting names ``model`` (gradmem, rmt, full_context, mamba), optionally ``attn_implementation``,
+and any fields of that model's config.
 """
 import argparse
 import json
@@ -38,14 +43,25 @@ def run_one(setting: dict, args) -> dict:
 
     import kv_dataset_utils as kv
     from backbones import BackboneConfig, build_backbone
+    from full_context import FullContextLM
     from grad_memgpt import GradMemConfig, GradMemGPT
+    from rmt import RMT, RMTConfig
 
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tok = kv.create_tokenizer(62)
     setting = dict(setting)
-    backbone = BackboneConfig(attn_implementation=setting.pop("attn_implementation", "eager"))
-    model = GradMemGPT(build_backbone(backbone, tok), GradMemConfig(**setting)).to(device).train()
+    name = setting.pop("model", "gradmem")
+    backbone = BackboneConfig(base_model="mamba" if name == "mamba" else "llama",
+                              attn_implementation=setting.pop("attn_implementation", "eager"))
+    lm = build_backbone(backbone, tok)
+    if name == "gradmem":
+        model = GradMemGPT(lm, GradMemConfig(**setting))
+    elif name == "rmt":
+        model = RMT(lm, RMTConfig(**setting))
+    else:
+        model = FullContextLM(lm)
+    model = model.to(device).train()
     ds, _ = kv.generate_kv_dataset(kv.KVTaskConfig(n_pairs=args.n_pairs), args.batch_size, 1, 1, seed=0)
     batch = {k: v.to(device) for k, v in kv.KVCollator(tok)(list(ds["train"])).items()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -66,7 +82,9 @@ def run_one(setting: dict, args) -> dict:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"median_s": statistics.median(times), "min_s": min(times), "peak_mb": peak_mb, "device": device}
+    context_length = int((batch["context_input_ids"] != 0).sum(1).max())
+    return {"median_s": statistics.median(times), "min_s": min(times), "peak_mb": peak_mb, "device": device,
+            "state_bytes": model.state_bytes_per_context(context_length)}
 
 
 def main():
@@ -82,10 +100,11 @@ def main():
         print(json.dumps(run_one(json.loads(args.child), args)))
         return
     settings = [parse_setting(s) for s in args.setting] if args.setting else [
-        {"grad_mode": m} for m in ("none", "first", "second")]
+        {"model": "gradmem", "grad_mode": m} for m in ("none", "first", "second")] + [
+        {"model": "rmt", "K": 1, "mem_proj_mode": "proj"}, {"model": "full_context"}, {"model": "mamba"}]
     passthrough = ["--batch_size", str(args.batch_size), "--n_pairs", str(args.n_pairs),
                    "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-    print(f"{'setting':<44}{'median s/step':>14}{'min s/step':>12}{'peak MB':>10}")
+    print(f"{'setting':<44}{'median s/step':>14}{'min s/step':>12}{'peak MB':>10}{'state bytes/context':>21}")
     for setting in settings:
         res = subprocess.run([sys.executable, __file__, "--child", json.dumps(setting), *passthrough],
                              capture_output=True, text=True, cwd=ROOT)
@@ -94,7 +113,8 @@ def main():
             continue
         r = json.loads(res.stdout.strip().splitlines()[-1])
         label = " ".join(f"{k}={v}" for k, v in setting.items())
-        print(f"{label:<44}{r['median_s']:>14.3f}{r['min_s']:>12.3f}{r['peak_mb']:>10.0f}", flush=True)
+        print(f"{label:<44}{r['median_s']:>14.3f}{r['min_s']:>12.3f}{r['peak_mb']:>10.0f}{r['state_bytes']:>21,}",
+              flush=True)
 
 
 if __name__ == "__main__":
