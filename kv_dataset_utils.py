@@ -304,6 +304,8 @@ def generate_split(cfg: KVTaskConfig, n: int, rng: np.random.Generator, *, exclu
         remaining -= int(keep.sum())
         if progress is not None:
             progress.update(int(keep.sum()))
+    if not tables:  # n == 0
+        return pa.table({c: pa.array([], pa.string()) for c in COLUMNS}), np.zeros(0, np.uint64), report
     return pa.concat_tables(tables), np.concatenate(hashes), report
 
 

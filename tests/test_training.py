@@ -1,0 +1,186 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import evaluate as evaluate_script
+import training
+from conftest import ROOT
+from grad_memgpt import GradMemConfig, GradMemGPT
+from helpers import TOKENIZER, tiny_lm
+
+TINY_COMMON = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--per_device_batch_size", "8",
+               "--task_n_train", "200", "--task_n_valid", "16", "--warmup_steps", "2", "--learning_rate", "1e-3",
+               "--log_steps", "2", "--no-show_progress"]
+TINY = TINY_COMMON + ["--n_mem_tokens", "2", "--K", "1"]
+
+
+def run_script(script, *args, **popen):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def metrics(exp):
+    return [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_then_evaluate_with_another_k(tmp_path):
+    exp = tmp_path / "run"
+    result = training.run_experiment(GradMemGPT, [*TINY, "--exp_path", str(exp), "--max_steps", "6", "--eval_steps", "3"])
+    assert result["step"] == 6 and 0 <= result["exact_match"] <= 1
+    config = json.loads((exp / "config.json").read_text())
+    assert config["model_type"] == "gradmem" and config["model"]["K"] == 1 and config["backbone"]["n_embd"] == 16
+    rows = metrics(exp)
+    assert [r["step"] for r in rows if r["split"] == "valid"] == [3, 6]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert {"loss", "lr", "steps_per_s", "inner_loss_0", "inner_grad_norm_0", "mem_norm"} <= set(train_rows[0])
+    assert any(p.name.startswith("events.out.tfevents") for p in (exp / "tensorboard").iterdir())
+    assert evaluate_script.main(["--exp_path", str(exp), "--split", "valid", "--K", "3"]) == 0
+    out = json.loads((exp / "eval_valid_K3.json").read_text())
+    assert out["K"] == 3 and out["state_bytes_per_context"] == 2 * 16 * 4 and out["n_samples"] == 16
+    assert "inner_loss_2" in out  # the evaluation really ran 3 inner steps
+
+
+def test_sigterm_checkpoints_and_resume_reproduces_the_uninterrupted_run(tmp_path):
+    steps = ["--max_steps", "14", "--eval_steps", "100", "--save_steps", "100"]
+    ref = run_script("run_gradmemgpt_on_kv_retrieval.py", *TINY, *steps, "--exp_path", str(tmp_path / "ref"))
+    assert ref.wait(timeout=300) == 0, ref.stdout.read()
+
+    exp = tmp_path / "interrupted"
+    proc = run_script("run_gradmemgpt_on_kv_retrieval.py", *TINY, *steps, "--exp_path", str(exp))
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((exp / "metrics.jsonl").exists() and metrics(exp)[-1]["step"] >= 4):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, output
+    state = json.loads((exp / "checkpoint" / "trainer_state.json").read_text())
+    assert "stopped (signal)" in output and 4 <= state["step"] < 14
+
+    resumed = run_script("run_gradmemgpt_on_kv_retrieval.py", *TINY, *steps, "--exp_path", str(exp))
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0 and f"resumed from {exp / 'checkpoint'} at step {state['step']}" in output
+    a, b = load_file(tmp_path / "ref" / "checkpoint" / "model.safetensors"), load_file(exp / "checkpoint" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-7)
+    ref_valid = [r for r in metrics(tmp_path / "ref") if r["split"] == "valid"][-1]
+    res_valid = [r for r in metrics(exp) if r["split"] == "valid"][-1]
+    assert ref_valid["exact_match"] == res_valid["exact_match"]
+    assert ref_valid["loss"] == pytest.approx(res_valid["loss"], rel=1e-5)
+
+
+class FailingSave:
+    """An accelerator whose save_state writes half a checkpoint, then dies."""
+    is_main_process = True
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, path, safe_serialization=True):
+        (Path(path) / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt("killed mid-save")
+
+
+class GoodSave(FailingSave):
+    def save_state(self, path, safe_serialization=True):
+        (Path(path) / "model.safetensors").write_bytes(b"complete")
+
+
+def test_a_kill_mid_save_leaves_the_last_good_checkpoint(tmp_path):
+    training.save_checkpoint(GoodSave(), tmp_path, training.TrainerState(step=5))
+    with pytest.raises(KeyboardInterrupt):
+        training.save_checkpoint(FailingSave(), tmp_path, training.TrainerState(step=10))
+    assert (tmp_path / "checkpoint" / "model.safetensors").read_bytes() == b"complete"
+    assert json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())["step"] == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
+
+
+def nan_on_calls(model, bad_calls):
+    """Make the model's training loss NaN on the given forward calls (0-based)."""
+    forward, calls = model.forward, {"n": 0}
+
+    def patched(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if model.training:
+            if calls["n"] in bad_calls:
+                out.loss = out.loss * float("nan")
+            calls["n"] += 1
+        return out
+
+    model.forward = patched
+    return model
+
+
+def tiny_train_config(tmp_path, **kw):
+    return training.TrainConfig(exp_path=str(tmp_path), per_device_batch_size=8, task_n_train=200, task_n_valid=16,
+                                warmup_steps=1, learning_rate=1e-3, log_steps=1, show_progress=False, **kw)
+
+
+def test_a_non_finite_step_is_skipped_counted_and_logged(tmp_path):
+    torch.manual_seed(0)
+    model = nan_on_calls(GradMemGPT(tiny_lm(dtype=torch.float32), GradMemConfig(K=1, n_mem_tokens=2)), {2})
+    result = training.train(model, tiny_train_config(tmp_path, max_steps=5, eval_steps=5), TOKENIZER,
+                            {"model": model.config})
+    assert result["step"] == 5
+    assert json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())["nonfinite_steps"] == 1
+    assert any(r.get("nonfinite_steps") == 1 for r in metrics(tmp_path))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_many_non_finite_steps_in_a_row_stop_with_a_clear_error(tmp_path):
+    model = nan_on_calls(GradMemGPT(tiny_lm(dtype=torch.float32), GradMemConfig(K=1, n_mem_tokens=2)), set(range(100)))
+    with pytest.raises(RuntimeError, match="3 steps in a row had a non-finite loss.*lower --learning_rate"):
+        training.train(model, tiny_train_config(tmp_path, max_steps=10, eval_steps=10, max_nonfinite_in_row=3),
+                       TOKENIZER, {"model": model.config})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data_path", "/no/such/data"], "dataset path /no/such/data does not exist"),
+    (["--tokenizer_path", "/no/such/tok"], "no tokenizer at /no/such/tok"),
+    (["--tokenizer_path", "tokenizers/kv_alphabet_512", "--pretrained_path", "PRETRAINED"], "the tokenizer has 520 tokens"),
+])
+def test_wrong_paths_and_vocab_mismatch_give_one_clear_message(tmp_path, args, message):
+    if "PRETRAINED" in args:
+        tiny_lm(dtype=torch.float32).save_pretrained(tmp_path / "lm")
+        args = [str(tmp_path / "lm") if a == "PRETRAINED" else a for a in args]
+    proc = run_script("run_gradmemgpt_on_kv_retrieval.py", *TINY, "--max_steps", "1", "--exp_path",
+                      str(tmp_path / "run"), *args)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2 and message in output and "Traceback" not in output, output
+
+
+def test_exact_match_ignores_delimiters():
+    labels = torch.tensor([[-100, -100, 10, 11, 4, 7]])  # target "ab!|" after a 2-token query
+    logits = torch.full((1, 6, 20), -1.0)
+    for pos, tok in enumerate([0, 10, 11, 9, 9]):  # logits[t] predicts labels[t+1]; delimiters wrong
+        logits[0, pos, tok] = 1.0
+    exact, tokens = training.score_batch(logits, labels, delimiter_ids=[4, 7])
+    assert exact.tolist() == [True] and tokens.tolist() == [[2, 2]]
+    logits[0, 2, 11], logits[0, 2, 12] = -1.0, 1.0  # second value token wrong
+    exact, tokens = training.score_batch(logits, labels, delimiter_ids=[4, 7])
+    assert exact.tolist() == [False] and tokens.tolist() == [[1, 2]]
+
+
+@pytest.mark.parametrize("parser", [training.build_parser(cls) for cls in training.MODEL_CLASSES.values()]
+                         + [evaluate_script.build_parser()], ids=[*training.MODEL_CLASSES, "evaluate"])
+def test_every_flag_has_help_text(parser):
+    for action in parser._actions:
+        assert action.help and action.help.strip() != "(default: %(default)s)", action.option_strings
+
+
+@pytest.mark.parametrize("script, extra", [("run_rmt_on_kv_retrieval.py", ["--mem_proj_mode", "proj"]),
+                                           ("run_gpt2_on_kv_retrieval.py", ["--base_model", "gpt2"])])
+def test_baseline_run_scripts_train(tmp_path, script, extra):
+    proc = run_script(script, *(TINY_COMMON if "gpt2" in script else TINY), *extra, "--max_steps", "3",
+                      "--eval_steps", "3", "--exp_path", str(tmp_path))
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output
+    assert "stopped (max_steps) at step 3" in output and (tmp_path / "best" / "model.safetensors").is_file()

@@ -1,0 +1,444 @@
+"""The one training loop every model uses, built on accelerate.
+
+It knows only ``model(**batch).loss``, ``.logits`` and ``.stats``. It evaluates exact match and token
+accuracy every ``eval_steps``, logs to a tqdm bar, tensorboard and ``exp_path/metrics.jsonl``, keeps
+the best weights in ``exp_path/best``, and checkpoints to ``exp_path/checkpoint`` (atomically, through
+``accelerator.save_state``) so that a run resumes exactly where it stopped, SIGTERM included.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+import kv_dataset_utils as kv
+from backbones import BackboneConfig, build_backbone
+from cli import add_config_args, config_from_args, option
+from full_context import FullContextLM
+from grad_memgpt import GradMemGPT
+from io_utils import atomic_directory, atomic_file
+from rmt import RMT
+
+logger = logging.getLogger("gradmem")
+MODEL_CLASSES = {cls.model_type: cls for cls in (GradMemGPT, RMT, FullContextLM)}
+SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    exp_path: str = option("runs/exp", "folder of this run: config, metrics, tensorboard, checkpoints")
+    data_path: str | None = option(None, "dataset written by kv_dataset_utils.py; without it a small KV "
+                                   "dataset is generated in memory from the --task_* flags")
+    tokenizer_path: str = option("tokenizers/kv_alphabet_62", "tokenizer folder")
+    task_n_pairs: int = option(2, "in-memory data: key-value pairs per context")
+    task_key_len: int = option(1, "in-memory data: characters per key")
+    task_value_len: int = option(1, "in-memory data: characters per value")
+    task_vocab_size: int = option(62, "in-memory data: key/value alphabet size")
+    task_n_train: int = option(50_000, "in-memory data: training samples")
+    task_n_valid: int = option(500, "in-memory data: validation samples")
+    per_device_batch_size: int = option(64, "samples per process per micro-batch")
+    eval_batch_size: int | None = option(None, "samples per process per evaluation batch (default: training's)")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    learning_rate: float = option(1e-4, "peak AdamW learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases, norms, memory or prompts)")
+    lr_scheduler: str = option("constant_with_warmup", "learning-rate schedule", choices=SCHEDULERS)
+    warmup_steps: int = option(1000, "linear warmup steps")
+    max_steps: int = option(10_000, "optimizer steps")
+    max_grad_norm: float = option(1.0, "clip the global gradient norm (0: off)")
+    eval_steps: int = option(500, "evaluate every N optimizer steps")
+    max_eval_samples: int | None = option(None, "evaluate on at most this many validation samples")
+    log_steps: int = option(50, "log training loss and stats every N steps")
+    save_steps: int | None = option(None, "checkpoint every N steps (default: at every evaluation)")
+    early_stopping_patience: int | None = option(None, "stop after this many evaluations without a better exact match")
+    seed: int = option(0, "seed for weights, data order and everything else")
+    mixed_precision: str = option("no", "accelerate mixed precision (bf16 on GPU)", choices=("no", "bf16", "fp16"))
+    init_checkpoint: str | None = option(None, "load model weights (only) from this saved model folder")
+    max_nonfinite_in_row: int = option(20, "stop when this many steps in a row have a non-finite loss or gradient")
+    max_context_length: int | None = option(None, "truncate contexts to this many tokens (counted and warned)")
+    show_progress: bool = option(True, "tqdm progress bar")
+
+    def __post_init__(self):
+        for name in ("per_device_batch_size", "gradient_accumulation_steps", "max_steps", "eval_steps", "log_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig: {name} must be >= 1.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+class EpochSampler(Sampler):
+    """A permutation per epoch drawn from ``(seed, epoch)``, so a resumed run sees the same order."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self):
+        return self.n
+
+
+def load_data(cfg: TrainConfig, splits=("train", "valid")) -> dict:
+    """The requested splits: from ``data_path``, or generated in memory from the task flags
+    (valid and test then have ``task_n_valid`` samples each)."""
+    if cfg.data_path:
+        ds = kv.load_kv_dataset(cfg.data_path)
+    else:
+        task = kv.KVTaskConfig(n_pairs=cfg.task_n_pairs, key_len=cfg.task_key_len, value_len=cfg.task_value_len,
+                               vocab_size=cfg.task_vocab_size)
+        ds, _ = kv.generate_kv_dataset(task, cfg.task_n_train, cfg.task_n_valid, cfg.task_n_valid, seed=cfg.seed)
+    for split in splits:
+        if split not in ds:
+            raise kv.KVDataError(f"dataset {cfg.data_path} has no '{split}' split (has {list(ds)}).")
+    return {split: ds[split] for split in splits}
+
+
+def check_vocab(tokenizer, model) -> None:
+    n_model = model.lm.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n_model:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding table has {n_model}: "
+                         f"build the model with this tokenizer, or pass the tokenizer it was trained with.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+def answer_mask(labels: torch.Tensor, delimiter_ids) -> torch.Tensor:
+    """``[B, Q-1]`` positions scored by exact match: target tokens other than the '!' and '|' delimiters."""
+    target = labels[:, 1:]
+    mask = target != -100
+    for d in delimiter_ids:
+        mask &= target != d
+    return mask
+
+
+def score_batch(logits, labels, delimiter_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: (all answer tokens right, number of right answer tokens and of answer tokens)."""
+    mask = answer_mask(labels, delimiter_ids)
+    right = (logits[:, :-1].argmax(-1) == labels[:, 1:]) & mask
+    exact = (right | ~mask).all(dim=1)
+    return exact, torch.stack([right.sum(1), mask.sum(1)], dim=1)
+
+
+@torch.no_grad()
+def evaluate(model, dataloader, accelerator, delimiter_ids, K=None) -> dict:
+    """Exact match, token accuracy, loss and mean model stats over ``dataloader`` (all processes)."""
+    model.eval()
+    exact, tokens, losses, stats = [], [], [], {}
+    for batch in dataloader:
+        out = model(**batch, K=K)
+        e, t = score_batch(out.logits, batch["labels"], delimiter_ids)
+        e, t = accelerator.gather_for_metrics((e, t))
+        exact.append(e)
+        tokens.append(t)
+        losses.append(accelerator.gather_for_metrics(out.loss.detach()[None]).mean())
+        for k, v in flat_stats(out.stats).items():
+            stats.setdefault(k, []).append(v)
+    model.train()
+    tokens = torch.cat(tokens).sum(0)
+    result = {"exact_match": torch.cat(exact).float().mean().item(),
+              "token_accuracy": (tokens[0] / tokens[1].clamp(min=1)).item(),
+              "loss": torch.stack(losses).mean().item()}
+    result.update({k: sum(v) / len(v) for k, v in stats.items()})
+    return result
+
+
+def flat_stats(stats: dict | None) -> dict:
+    """Model stats as floats: per-step vectors become ``name_k`` entries."""
+    out = {}
+    for k, v in (stats or {}).items():
+        if v is None:
+            continue
+        v = v.detach().float().cpu()
+        if v.dim() == 0:
+            out[k] = v.item()
+        else:
+            out.update({f"{k}_{i}": x.item() for i, x in enumerate(v)})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging and checkpoints
+# ---------------------------------------------------------------------------------------------
+
+class RunLog:
+    """metrics.jsonl plus tensorboard, written by the main process only."""
+
+    def __init__(self, exp_path: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = exp_path / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(exp_path / "tensorboard"))
+
+    def write(self, step: int, split: str, values: dict):
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.tb.add_scalar(f"{split}/{k}", v, step)
+        self.tb.flush()
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    best_exact_match: float = -1.0
+    evals_without_improvement: int = 0
+    nonfinite_steps: int = 0
+    nonfinite_in_row: int = 0
+
+
+def save_checkpoint(accelerator, exp_path: Path, state: TrainerState) -> None:
+    """accelerate state (weights, optimizer, scheduler, RNG) + trainer state, renamed into place at the end."""
+    if (exp_path / "checkpoint" / "trainer_state.json").is_file():
+        saved = json.loads((exp_path / "checkpoint" / "trainer_state.json").read_text())
+        if saved == dataclasses.asdict(state):
+            return  # this very state is on disk already
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with atomic_directory(exp_path / "checkpoint", overwrite=True) as tmp:
+            accelerator.save_state(str(tmp), safe_serialization=True)
+            (tmp / "trainer_state.json").write_text(json.dumps(dataclasses.asdict(state)))
+    accelerator.wait_for_everyone()
+
+
+def save_best(accelerator, model, exp_path: Path) -> None:
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(exp_path / "best", overwrite=True)
+    accelerator.wait_for_everyone()
+
+
+class StopRequest:
+    """Turns SIGTERM (and SIGINT) into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+def param_groups(model, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 and "mem_init" not in name and "ctrl" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train(model, cfg: TrainConfig, tokenizer, configs: dict) -> dict:
+    """Train ``model``; ``configs`` (dataclasses by name) are saved with the run. Returns the final
+    evaluation, with ``stopped`` saying why the run ended."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)
+    exp_path = Path(cfg.exp_path)
+    full_config = {"train": dataclasses.asdict(cfg), "model_type": model.model_type,
+                   **{k: dataclasses.asdict(v) for k, v in configs.items()}}
+    accelerator.print(json.dumps(full_config, indent=2))
+    check_vocab(tokenizer, model)
+    if accelerator.is_main_process:
+        exp_path.mkdir(parents=True, exist_ok=True)
+        with atomic_file(exp_path / "config.json") as tmp:
+            tmp.write_text(json.dumps(full_config, indent=2) + "\n")
+        tokenizer.save_pretrained(str(exp_path / "tokenizer"))
+    if cfg.init_checkpoint:
+        from safetensors.torch import load_model
+
+        load_model(model, str(Path(cfg.init_checkpoint) / "model.safetensors"))
+
+    data = load_data(cfg)
+    train_ds, valid_ds = data["train"], data["valid"]
+    if cfg.max_eval_samples:
+        valid_ds = valid_ds.select(range(min(cfg.max_eval_samples, len(valid_ds))))
+    collate = kv.KVCollator(tokenizer, max_context_length=cfg.max_context_length)
+    train_dl = DataLoader(train_ds, batch_size=cfg.per_device_batch_size, sampler=EpochSampler(len(train_ds), cfg.seed),
+                          collate_fn=collate, drop_last=True)
+    eval_dl = DataLoader(valid_ds, batch_size=cfg.eval_batch_size or cfg.per_device_batch_size, collate_fn=collate)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=cfg.max_steps)
+    model, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
+    delimiters = tokenizer.convert_tokens_to_ids(["!", "|"])
+
+    state = TrainerState()
+    if (exp_path / "checkpoint" / "trainer_state.json").is_file():
+        accelerator.load_state(str(exp_path / "checkpoint"))
+        state = TrainerState(**json.loads((exp_path / "checkpoint" / "trainer_state.json").read_text()))
+        accelerator.print(f"resumed from {exp_path / 'checkpoint'} at step {state.step}")
+    log = RunLog(exp_path, accelerator.is_main_process)
+    micro_per_epoch = len(train_dl)
+    if micro_per_epoch < cfg.gradient_accumulation_steps:
+        raise ValueError(f"the training set gives {micro_per_epoch} micro-batches per epoch, fewer than "
+                         f"gradient_accumulation_steps={cfg.gradient_accumulation_steps}: use more data or smaller batches.")
+
+    def batches():
+        """Micro-batches from where ``state.step`` says the run is, epoch after epoch."""
+        consumed = state.step * cfg.gradient_accumulation_steps
+        epoch, skip = divmod(consumed, micro_per_epoch)
+        while True:
+            train_dl.set_epoch(epoch)
+            yield from (accelerator.skip_first_batches(train_dl, skip) if skip else train_dl)
+            epoch, skip = epoch + 1, 0
+
+    result, stopped = {}, "max_steps"
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc="train", disable=not (cfg.show_progress and accelerator.is_main_process))
+    stream, window, t_window = batches(), [], time.perf_counter()
+    with StopRequest() as stop:
+        while state.step < cfg.max_steps:
+            skipped = False
+            for _ in range(cfg.gradient_accumulation_steps):
+                batch = next(stream)
+                with accelerator.accumulate(model):
+                    out = model(**batch)
+                    finite = torch.isfinite(out.loss).float() * all_finite(out.stats)
+                    if accelerator.reduce(finite, reduction="mean").item() < 1:  # every process skips together
+                        skipped = True
+                        optimizer.zero_grad()
+                        continue
+                    accelerator.backward(out.loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                        skipped |= not torch.isfinite(grad_norm).item()
+                    if not skipped:
+                        optimizer.step()
+                    optimizer.zero_grad()
+            scheduler.step()
+            state.step += 1
+            if skipped:
+                state.nonfinite_steps += 1
+                state.nonfinite_in_row += 1
+                logger.warning("step %d skipped: non-finite loss or gradient (%d so far)", state.step, state.nonfinite_steps)
+                log.write(state.step, "train", {"nonfinite_steps": state.nonfinite_steps})
+                if state.nonfinite_in_row >= cfg.max_nonfinite_in_row:
+                    save_checkpoint(accelerator, exp_path, state)
+                    raise RuntimeError(f"{state.nonfinite_in_row} steps in a row had a non-finite loss or gradient "
+                                       f"(step {state.step}): lower --learning_rate or --inner_lr, or clip more "
+                                       f"(--max_grad_norm, --inner_clip_norm).")
+            else:
+                state.nonfinite_in_row = 0
+                window.append(out.loss.detach().float())
+            bar.update(1)
+            if state.step % cfg.log_steps == 0 and window:
+                rate = len(window) / (time.perf_counter() - t_window)
+                values = {"loss": accelerator.reduce(torch.stack(window).mean(), "mean").item(),
+                          "lr": scheduler.get_last_lr()[0], "steps_per_s": rate, **flat_stats(out.stats)}
+                log.write(state.step, "train", values)
+                bar.set_postfix(loss=f"{values['loss']:.3f}", em=f"{max(state.best_exact_match, 0):.3f}",
+                                steps_s=f"{rate:.2f}")
+                window, t_window = [], time.perf_counter()
+            if state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps:
+                result = evaluate(model, eval_dl, accelerator, delimiters)
+                log.write(state.step, "valid", result)
+                accelerator.print(f"step {state.step}: " + " ".join(f"{k}={v:.4f}" for k, v in result.items()
+                                                                     if k in ("exact_match", "token_accuracy", "loss")))
+                if result["exact_match"] > state.best_exact_match:
+                    state.best_exact_match, state.evals_without_improvement = result["exact_match"], 0
+                    save_best(accelerator, model, exp_path)
+                else:
+                    state.evals_without_improvement += 1
+                if not cfg.save_steps:
+                    save_checkpoint(accelerator, exp_path, state)
+                if result["exact_match"] >= 1.0:
+                    stopped = "exact_match_1"
+                elif cfg.early_stopping_patience and state.evals_without_improvement >= cfg.early_stopping_patience:
+                    stopped = "early_stopping"
+            if cfg.save_steps and state.step % cfg.save_steps == 0:
+                save_checkpoint(accelerator, exp_path, state)
+            if stop.requested:
+                save_checkpoint(accelerator, exp_path, state)
+                stopped = "signal"
+            if stopped != "max_steps":
+                break
+    save_checkpoint(accelerator, exp_path, state)
+    bar.close()
+    log.close()
+    if stopped == "max_steps" and state.step % cfg.eval_steps and not result:
+        result = evaluate(model, eval_dl, accelerator, delimiters)
+    accelerator.print(f"stopped ({stopped}) at step {state.step}; best exact_match {state.best_exact_match:.4f}; "
+                      f"run in {exp_path}")
+    return {**result, "stopped": stopped, "step": state.step, "best_exact_match": state.best_exact_match}
+
+
+def all_finite(stats: dict | None) -> torch.Tensor:
+    """1.0 when every stat (inner losses and gradient norms) is finite, else 0.0."""
+    values = [v.detach().float().flatten() for v in (stats or {}).values() if isinstance(v, torch.Tensor)]
+    if not values:
+        return torch.tensor(1.0)
+    return torch.isfinite(torch.cat([v.cpu() for v in values])).all().float()
+
+
+# ---------------------------------------------------------------------------------------------
+# What every run script shares
+# ---------------------------------------------------------------------------------------------
+
+def build_parser(model_cls, description: str = "") -> argparse.ArgumentParser:
+    """TrainConfig + BackboneConfig + the model's config flags."""
+    parser = argparse.ArgumentParser(description=description)
+    add_config_args(parser, TrainConfig, "training")
+    add_config_args(parser, BackboneConfig, "backbone")
+    add_config_args(parser, model_cls.config_class, model_cls.model_type)
+    return parser
+
+
+def run_experiment(model_cls, argv=None, description: str = "") -> dict:
+    """Parse the flags, build the model, train it."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    args = build_parser(model_cls, description).parse_args(argv)
+    try:
+        train_cfg = config_from_args(TrainConfig, args)
+        backbone_cfg = config_from_args(BackboneConfig, args)
+        model_cfg = config_from_args(model_cls.config_class, args)
+        tokenizer = kv.load_tokenizer(train_cfg.tokenizer_path)
+        torch.manual_seed(train_cfg.seed)
+        model = model_cls(build_backbone(backbone_cfg, tokenizer), model_cfg)
+        return train(model, train_cfg, tokenizer, {"backbone": backbone_cfg, "model": model_cfg})
+    except (kv.KVDataError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
