@@ -281,6 +281,9 @@ def train(model, cfg: TrainConfig, tokenizer, configs: dict) -> dict:
     full_config = {"train": dataclasses.asdict(cfg), "model_type": model.model_type,
                    **{k: dataclasses.asdict(v) for k, v in configs.items()}}
     accelerator.print(json.dumps(full_config, indent=2))
+    accelerator.print(f"{accelerator.num_processes} process(es) on {accelerator.device}, "
+                      f"{cfg.per_device_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes} "
+                      f"samples per optimizer step")
     check_vocab(tokenizer, model)
     if accelerator.is_main_process:
         exp_path.mkdir(parents=True, exist_ok=True)

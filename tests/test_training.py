@@ -184,3 +184,29 @@ def test_baseline_run_scripts_train(tmp_path, script, extra):
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, output
     assert "stopped (max_steps) at step 3" in output and (tmp_path / "best" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("model_flags", [["--grad_mode", "second", "--K", "2"]], ids=["gradmem-second-order"])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, model_flags):
+    flags = [*TINY_COMMON, "--n_mem_tokens", "2", *model_flags, "--max_steps", "1", "--eval_steps", "1",
+             "--log_steps", "1", "--max_grad_norm", "0", "--warmup_steps", "0"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    one = subprocess.run([sys.executable, str(ROOT / "run_gradmemgpt_on_kv_retrieval.py"), *flags,
+                          "--per_device_batch_size", "8", "--exp_path", str(tmp_path / "one")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(["bash", str(ROOT / "scripts" / "launch_cpu.sh"), "run_gradmemgpt_on_kv_retrieval.py", *flags,
+                          "--per_device_batch_size", "4", "--exp_path", str(tmp_path / "two")],
+                         cwd=ROOT, env=dict(env, NP="2", PY=sys.executable), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert "2 process(es)" in two.stdout and "1 process(es)" in one.stdout
+    loss = [next(r["loss"] for r in metrics(tmp_path / run) if r["split"] == "train") for run in ("one", "two")]
+    assert loss[0] == pytest.approx(loss[1], rel=1e-6)
+    args = training.build_parser(GradMemGPT).parse_args(flags)
+    torch.manual_seed(0)
+    initial = GradMemGPT(tiny_lm(n_layer=1, n_embd=16, dtype=torch.float32), training.config_from_args(GradMemConfig, args))
+    a = load_file(tmp_path / "one" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "checkpoint" / "model.safetensors")
+    assert not torch.equal(a["mem_init"], initial.mem_init.detach())
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-7)
