@@ -20,7 +20,7 @@ test-all: venv  ## every test, slow ones included
 	$(PYTEST)
 
 demo: venv  ## generate data, train a small GradMem on KV retrieval, evaluate
-	@echo "make demo: not yet available (lands with the training loop)"
+	$(PY) demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

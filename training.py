@@ -60,6 +60,8 @@ class TrainConfig:
     log_steps: int = option(50, "log training loss and stats every N steps")
     save_steps: int | None = option(None, "checkpoint every N steps (default: at every evaluation)")
     early_stopping_patience: int | None = option(None, "stop after this many evaluations without a better exact match")
+    stop_at_exact_match: float = option(1.0, "stop once validation exact match reaches this")
+    max_train_minutes: float | None = option(None, "stop (with a checkpoint) after this much wall-clock training time")
     seed: int = option(0, "seed for weights, data order and everything else")
     mixed_precision: str = option("no", "accelerate mixed precision (bf16 on GPU)", choices=("no", "bf16", "fp16"))
     init_checkpoint: str | None = option(None, "load model weights (only) from this saved model folder")
@@ -332,6 +334,7 @@ def train(model, cfg: TrainConfig, tokenizer, configs: dict) -> dict:
     result, stopped = {}, "max_steps"
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="train", disable=not (cfg.show_progress and accelerator.is_main_process))
     stream, window, t_window = batches(), [], time.perf_counter()
+    t_start = t_window
     with StopRequest() as stop:
         while state.step < cfg.max_steps:
             skipped = False
@@ -387,21 +390,22 @@ def train(model, cfg: TrainConfig, tokenizer, configs: dict) -> dict:
                     state.evals_without_improvement += 1
                 if not cfg.save_steps:
                     save_checkpoint(accelerator, exp_path, state)
-                if result["exact_match"] >= 1.0:
-                    stopped = "exact_match_1"
+                if result["exact_match"] >= cfg.stop_at_exact_match:
+                    stopped = "target_exact_match"
                 elif cfg.early_stopping_patience and state.evals_without_improvement >= cfg.early_stopping_patience:
                     stopped = "early_stopping"
             if cfg.save_steps and state.step % cfg.save_steps == 0:
                 save_checkpoint(accelerator, exp_path, state)
             if stop.requested:
-                save_checkpoint(accelerator, exp_path, state)
                 stopped = "signal"
+            elif cfg.max_train_minutes and time.perf_counter() - t_start > 60 * cfg.max_train_minutes:
+                stopped = "time_limit"
             if stopped != "max_steps":
                 break
     save_checkpoint(accelerator, exp_path, state)
     bar.close()
     log.close()
-    if stopped == "max_steps" and state.step % cfg.eval_steps and not result:
+    if not result:
         result = evaluate(model, eval_dl, accelerator, delimiters)
     accelerator.print(f"stopped ({stopped}) at step {state.step}; best exact_match {state.best_exact_match:.4f}; "
                       f"run in {exp_path}")
