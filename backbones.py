@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import attn_double_bwd  # noqa: F401  (registers the double-backward attention implementations)
 from cli import option
 
 ARCHITECTURES = ("llama", "gpt2", "gpt_neox", "pythia", "mamba")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+import attn_double_bwd  # noqa: F401  (registers the double-backward attention implementations)
 from io_utils import atomic_directory, atomic_file
 
 IGNORE_INDEX = -100
