@@ -60,6 +60,10 @@ class GradMemConfig:
     freeze_backbone: bool = option(False, "train only memory, prompts, projections and heads")
     inner_loss_weight: float = option(0.0, "weight of the final WRITE loss L_write(M_K) added to the outer loss")
     gradient_checkpointing: bool = option(False, "recompute LM activations in the backward pass")
+    recompute_inner_steps: bool = option(False, "keep only each inner step's input and rebuild its graph during "
+                                         "the outer backward: memory no longer grows with K, gradients unchanged")
+    attn_implementation: str | None = option(None, "switch the LM's attention, e.g. gradmem_manual (a "
+                                             "double-differentiable kernel from attn_double_bwd); None keeps it")
 
     def __post_init__(self):
         self.inner_betas = tuple(self.inner_betas)
@@ -132,6 +136,57 @@ def clip_per_sample(grads, clip_value=None, clip_norm=None):
     return grads
 
 
+class _RecomputedInnerStep(torch.autograd.Function):
+    """One inner step that saves only its inputs. Its backward re-runs the step (same RNG state, same
+    ``create_graph``) and back-propagates through the rebuilt graph at once, so at most one inner
+    step's activations are alive during the outer backward.
+
+    Inputs after the static arguments: state tensors, optimiser-state tensors, trainable parameters.
+    Outputs: new state, new optimiser state, then the step's (loss, grad norm) statistics.
+    """
+
+    @staticmethod
+    def forward(ctx, model, context_input_ids, step, create_graph, n_state, n_opt, *tensors):
+        ctx.model, ctx.context, ctx.step, ctx.create_graph = model, context_input_ids, step, create_graph
+        ctx.n_state, ctx.n_opt = n_state, n_opt
+        ctx.devices = [t.device for t in tensors[:1] if t.is_cuda]
+        ctx.cpu_rng = torch.get_rng_state()
+        ctx.cuda_rng = [torch.cuda.get_rng_state(d) for d in ctx.devices]
+        ctx.save_for_backward(*tensors[: n_state + n_opt])
+        with torch.enable_grad():
+            state, opt_state = _RecomputedInnerStep._inputs(tensors[:n_state + n_opt], n_state, n_opt)
+            new_state, new_opt, loss, norm = model.inner_step(state, opt_state, context_input_ids, step, False)
+        outputs = [t.detach() for t in new_state] + [t.detach() for t in _flat(new_opt)] + [loss, norm]
+        ctx.mark_non_differentiable(loss, norm)
+        return tuple(outputs)
+
+    @staticmethod
+    def _inputs(tensors, n_state, n_opt):
+        """Fresh leaves for the state (and optimiser state) to take the inner gradient against."""
+        leaves = [t.detach().requires_grad_(t.requires_grad or i < n_state) for i, t in enumerate(tensors)]
+        opt = leaves[n_state:]
+        return leaves[:n_state], (opt[: n_opt // 2], opt[n_opt // 2:]) if n_opt else None
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        saved = ctx.saved_tensors
+        params = [p for p in ctx.model.parameters() if p.requires_grad]
+        with torch.random.fork_rng(devices=ctx.devices), torch.enable_grad():
+            torch.set_rng_state(ctx.cpu_rng)
+            for device, rng in zip(ctx.devices, ctx.cuda_rng):
+                torch.cuda.set_rng_state(rng, device)
+            state, opt_state = _RecomputedInnerStep._inputs(saved, ctx.n_state, ctx.n_opt)
+            new_state, new_opt, _, _ = ctx.model.inner_step(state, opt_state, ctx.context, ctx.step, ctx.create_graph)
+            outputs = [*new_state, *_flat(new_opt)]
+            inputs = [*state, *_flat(opt_state), *params]
+            grads = torch.autograd.grad(outputs, inputs, grad_outputs[: len(outputs)], allow_unused=True)
+        return (None,) * 6 + tuple(grads)
+
+
+def _flat(opt_state) -> list:
+    return [] if opt_state is None else [*opt_state[0], *opt_state[1]]
+
+
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +221,8 @@ class GradMemGPT(MemoryModel):
                 p.requires_grad_("lora_" in name)
         if config.gradient_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if config.attn_implementation:
+            lm.set_attn_implementation(config.attn_implementation)
         self.to(lm.dtype)
 
     def _add_write_lora(self):
@@ -243,6 +300,17 @@ class GradMemGPT(MemoryModel):
         new_state = [s - u for s, u in zip(state, updates)]
         return new_state, opt_state, losses.detach(), per_sample_norm(grads).detach()
 
+    def _recomputed_inner_step(self, state, opt_state, context_input_ids, step: int, create_graph: bool):
+        """``inner_step`` whose graph is rebuilt in the outer backward instead of kept."""
+        opt_flat = _flat(opt_state)
+        params = [p for p in self.parameters() if p.requires_grad]
+        outputs = _RecomputedInnerStep.apply(self, context_input_ids, step, create_graph, len(state), len(opt_flat),
+                                             *state, *opt_flat, *params)
+        n = len(state)
+        new_state, new_opt, (loss, norm) = list(outputs[:n]), list(outputs[n:-2]), outputs[-2:]
+        half = len(new_opt) // 2
+        return new_state, (new_opt[:half], new_opt[half:]) if new_opt else None, loss, norm
+
     def write(self, context_input_ids: torch.Tensor, K: int | None = None, return_stats: bool = False):
         """Memory ``[B, M, d]`` after K inner steps (``config.K`` by default).
 
@@ -256,9 +324,10 @@ class GradMemGPT(MemoryModel):
         with torch.enable_grad(), self._write_adapters():
             state = self.initial_state(context_input_ids.shape[0], detach=not outer)
             mem_start, opt_state = state[0], None
+            step_fn = self._recomputed_inner_step if c.recompute_inner_steps and outer else self.inner_step
             for step in range(K):
-                state, opt_state, loss, norm = self.inner_step(state, opt_state, context_input_ids, step,
-                                                               create_graph=step >= K - n_second)
+                state, opt_state, loss, norm = step_fn(state, opt_state, context_input_ids, step,
+                                                       create_graph=step >= K - n_second)
                 if not outer:
                     state = [s.detach().requires_grad_() for s in state]
                 losses.append(loss.mean())

@@ -87,13 +87,28 @@ def run_one(setting: dict, args) -> dict:
             "state_bytes": model.state_bytes_per_context(context_length)}
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--setting", nargs="+", action="append", help="GradMemConfig fields for one setting (repeatable)")
+def measure(setting: dict, args) -> dict:
+    """Run one setting in a fresh subprocess; its result dict, or ``{"error": ...}``."""
+    passthrough = ["--batch_size", str(args.batch_size), "--n_pairs", str(args.n_pairs),
+                   "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(setting), *passthrough],
+                         capture_output=True, text=True, cwd=ROOT)
+    if res.returncode:
+        return {"error": (res.stderr.strip().splitlines() or ["killed"])[-1]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch_size", type=int, default=64, help="samples per step")
     p.add_argument("--n_pairs", type=int, default=16, help="key-value pairs per context")
     p.add_argument("--repeats", type=int, default=5, help="timed steps; the median is reported")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--setting", nargs="+", action="append", help="model and config fields for one setting (repeatable)")
+    add_measure_args(p)
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -102,17 +117,13 @@ def main():
     settings = [parse_setting(s) for s in args.setting] if args.setting else [
         {"model": "gradmem", "grad_mode": m} for m in ("none", "first", "second")] + [
         {"model": "rmt", "K": 1, "mem_proj_mode": "proj"}, {"model": "full_context"}, {"model": "mamba"}]
-    passthrough = ["--batch_size", str(args.batch_size), "--n_pairs", str(args.n_pairs),
-                   "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
     print(f"{'setting':<44}{'median s/step':>14}{'min s/step':>12}{'peak MB':>10}{'state bytes/context':>21}")
     for setting in settings:
-        res = subprocess.run([sys.executable, __file__, "--child", json.dumps(setting), *passthrough],
-                             capture_output=True, text=True, cwd=ROOT)
-        if res.returncode:
-            print(f"{json.dumps(setting):<44} failed: {res.stderr.strip().splitlines()[-1]}")
-            continue
-        r = json.loads(res.stdout.strip().splitlines()[-1])
+        r = measure(setting, args)
         label = " ".join(f"{k}={v}" for k, v in setting.items())
+        if "error" in r:
+            print(f"{label:<44} failed: {r['error']}")
+            continue
         print(f"{label:<44}{r['median_s']:>14.3f}{r['min_s']:>12.3f}{r['peak_mb']:>10.0f}{r['state_bytes']:>21,}",
               flush=True)
 

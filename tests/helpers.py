@@ -65,3 +65,19 @@ def directional_fd(loss_fn, params, directions, eps=1e-5):
         for p, v in zip(params, directions):
             p.add_(eps * v)
     return (plus - minus) / (2 * eps)
+
+
+def exact_match_after_training(model, batch, steps, lr):
+    """Train on one batch (AdamW) until the loss is tiny or ``steps`` run out; return its exact match."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.02:
+            break
+    with torch.no_grad():
+        logits = model(**batch).logits
+    target = batch["labels"][:, 1:] != -100
+    return ((logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) | ~target).all(dim=1).float().mean().item()

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from full_context import FullContextLM
-from helpers import kv_batch, tiny_lm
+from helpers import exact_match_after_training, kv_batch, tiny_lm
 from rmt import RMT, RMTConfig
 
 
@@ -109,21 +109,6 @@ def test_save_and_load_baselines(tmp_path):
         batch = kv_batch(2)
         with torch.no_grad():
             torch.testing.assert_close(model(**batch).logits, loaded(**batch).logits)
-
-
-def exact_match_after_training(model, batch, steps, lr):
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    for _ in range(steps):
-        loss = model(**batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if loss.item() < 0.02:
-            break
-    with torch.no_grad():
-        logits = model(**batch).logits
-    target = batch["labels"][:, 1:] != -100
-    return ((logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) | ~target).all(dim=1).float().mean().item()
 
 
 @pytest.mark.parametrize("name", ["rmt", "full_context", "mamba"])

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from grad_memgpt import GradMemConfig, GradMemGPT, adam_update
-from helpers import TOKENIZER, directional_fd, kv_batch, tiny_lm
+from helpers import directional_fd, exact_match_after_training, kv_batch, tiny_lm
 from memory_model import causal_lm_loss, load_memory, save_memory
 
 try:
@@ -288,17 +288,4 @@ def test_learns_a_small_kv_task():
     """Overfit 8 samples of 2 pairs to exact match with second-order GradMem."""
     torch.manual_seed(0)
     model = GradMemGPT(tiny_lm(n_layer=2, n_embd=32, dtype=torch.float32), GradMemConfig(K=2, n_mem_tokens=4, inner_lr=0.5))
-    batch = kv_batch(8, n_pairs=2, seed=3)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(400):
-        loss = model(**batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if loss.item() < 0.02:
-            break
-    with torch.no_grad():
-        logits = model(**batch).logits
-    target = batch["labels"][:, 1:] != -100
-    correct = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) | ~target
-    assert correct.all(dim=1).float().mean() == 1.0, f"loss {loss.item():.3f} after {step} steps"
+    assert exact_match_after_training(model, kv_batch(8, n_pairs=2, seed=3), steps=400, lr=3e-3) == 1.0

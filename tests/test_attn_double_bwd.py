@@ -1,0 +1,118 @@
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+from attn_double_bwd.manual import _Attention, manual_attention, reference_attention
+from grad_memgpt import GradMemConfig, GradMemGPT
+from helpers import kv_batch, tiny_lm
+
+
+def qkv(B=2, H=2, H_kv=2, T=5, S=6, D=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    return make(B, H, T, D), make(B, H_kv, S, D), make(B, H_kv, S, D)
+
+
+def causal_padding_bias(B, T, S, pad_last=1):
+    """Additive mask: causal with the last query at the last key, and the last ``pad_last`` keys of sample 0 hidden."""
+    allowed = torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T).expand(B, 1, T, S).clone()
+    allowed[0, :, :, S - pad_last:] = False
+    allowed[0, :, :, 0] = True  # every row keeps a key
+    return torch.zeros(B, 1, T, S, dtype=torch.float64).masked_fill(~allowed, torch.finfo(torch.float64).min)
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_gradcheck_and_gradgradcheck(dropout, bias, scale):
+    q, k, v = qkv()
+    b = causal_padding_bias(2, 5, 6) if bias else None
+    keep = (torch.rand(2, 2, 5, 6, generator=torch.Generator().manual_seed(1)) >= 0.3).double() / 0.7 if dropout else None
+    f = lambda q, k, v: _Attention.apply(q, k, v, b, scale if scale else 0.5, keep)  # noqa: E731
+    assert gradcheck(f, (q, k, v))
+    assert gradgradcheck(f, (q, k, v))
+    torch.testing.assert_close(f(q, k, v), reference_attention(q, k, v, b, scale if scale else 0.5, keep))
+
+
+def test_grouped_query_heads_match_the_reference_to_second_order():
+    q, k, v = qkv(H=4, H_kv=2)
+    bias = causal_padding_bias(2, 5, 6)
+    f = lambda q, k, v: manual_attention(q, k, v, bias)  # noqa: E731
+    assert gradgradcheck(f, (q, k, v))
+    out, ref = f(q, k, v), reference_attention(q, k, v, bias)
+    torch.testing.assert_close(out, ref)
+    w = torch.randn_like(out)
+    g1 = torch.autograd.grad((out * w).sum(), (q, k, v), create_graph=True)
+    g2 = torch.autograd.grad((ref * w).sum(), (q, k, v), create_graph=True)
+    hvp1 = torch.autograd.grad(sum((g * g).sum() for g in g1), (q, k, v))
+    hvp2 = torch.autograd.grad(sum((g * g).sum() for g in g2), (q, k, v))
+    for a, b in zip(hvp1 + g1, hvp2 + g2):
+        torch.testing.assert_close(a, b)
+
+
+def test_dropout_mask_is_drawn_once_and_reused_by_both_backwards():
+    q, k, v = qkv()
+    torch.manual_seed(7)
+    out = manual_attention(q, k, v, dropout=0.4, training=True)
+    torch.manual_seed(7)
+    keep = (torch.rand(2, 2, 5, 6) >= 0.4).double() / 0.6
+    ref = reference_attention(q, k, v, keep=keep)
+    torch.testing.assert_close(out, ref)
+    g = torch.autograd.grad(out.square().sum(), (q, k, v), create_graph=True)
+    g_ref = torch.autograd.grad(ref.square().sum(), (q, k, v), create_graph=True)
+    hvp = torch.autograd.grad(sum(x.sum() for x in g), (q, k, v))
+    hvp_ref = torch.autograd.grad(sum(x.sum() for x in g_ref), (q, k, v))
+    for a, b in zip(g + hvp, g_ref + hvp_ref):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(manual_attention(q, k, v, dropout=0.4, training=False), reference_attention(q, k, v))
+
+
+@pytest.mark.parametrize("options", [dict(), dict(inner_optimizer="adam", n_ctrl_tokens=1), dict(K=3, last_K_second_order=2)],
+                         ids=["sgd", "adam-ctrl", "last2of3"])
+def test_second_order_gradmem_step_matches_eager(options):
+    batch = kv_batch(3)
+    grads = []
+    for impl in ("dtype_preserving", "gradmem_manual"):  # eager attention in float64 vs the manual kernel
+        torch.manual_seed(0)
+        model = GradMemGPT(tiny_lm(), GradMemConfig(**{"K": 2, "inner_lr": 1.0, **options}, attn_implementation=impl))
+        assert model.lm.config._attn_implementation == impl
+        grads.append(torch.autograd.grad(model(**batch).loss, list(model.parameters())))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("options", [
+    dict(), dict(inner_optimizer="adam"), dict(K=3, last_K_second_order=1), dict(grad_mode="first"),
+    dict(mem_proj_mode="per_sample", inner_clip_norm=0.5), dict(use_write_head=True, n_ctrl_tokens=1, inner_loss_weight=0.3),
+    dict(attn_implementation="gradmem_manual", K=3)], ids=str)
+def test_inner_step_recomputation_gives_identical_gradients(options):
+    batch = kv_batch(3)
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = GradMemGPT(tiny_lm(), GradMemConfig(**{"K": 2, "inner_lr": 1.0, **options}, recompute_inner_steps=recompute))
+        out = model(**batch)
+        grads.append(torch.autograd.grad(out.loss, list(model.parameters()), allow_unused=True))
+        stats = out.stats
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    assert stats["inner_loss"].shape == (model.config.K,)
+
+
+def test_recomputation_replays_the_dropout_of_each_step():
+    torch.manual_seed(0)
+    lm = tiny_lm()
+    lm.config.attention_dropout = 0.3
+    for layer in lm.model.layers:
+        layer.self_attn.attention_dropout = 0.3
+    batch = kv_batch(2)
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = GradMemGPT(lm, GradMemConfig(K=2, inner_lr=1.0, recompute_inner_steps=recompute,
+                                             attn_implementation="gradmem_manual")).train()
+        torch.manual_seed(123)
+        grads.append(torch.autograd.grad(model(**batch).loss, [model.mem_init])[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-13)
