@@ -29,11 +29,13 @@ def _argparse_kwargs(tp, default) -> dict:
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls, title: str | None = None, skip=()) -> None:
-    """Add one flag per field of dataclass ``cls`` (fields in ``skip`` left out)."""
+    """Add one flag per field of dataclass ``cls`` (fields in ``skip`` left out). A field whose flag an
+    earlier config already added shares that flag: one value feeds both configs."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(title or cls.__name__)
+    existing = {s for action in parser._actions for s in action.option_strings}
     for f in dataclasses.fields(cls):
-        if f.name in skip or not f.init:
+        if f.name in skip or not f.init or f"--{f.name}" in existing:
             continue
         kwargs = _argparse_kwargs(hints[f.name], f.default)
         if "choices" in f.metadata:
