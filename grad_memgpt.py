@@ -62,6 +62,8 @@ class GradMemConfig:
     gradient_checkpointing: bool = option(False, "recompute LM activations in the backward pass")
     recompute_inner_steps: bool = option(False, "keep only each inner step's input and rebuild its graph during "
                                          "the outer backward: memory no longer grows with K, gradients unchanged")
+    recompute_chunks: int = option(1, "with recompute_inner_steps: run each step, and rebuild its graph, this many "
+                                   "batch chunks at a time (samples are independent): step memory falls ~1/chunks")
     attn_implementation: str | None = option(None, "switch the LM's attention, e.g. gradmem_manual (a "
                                              "double-differentiable kernel from attn_double_bwd); None keeps it")
 
@@ -82,6 +84,8 @@ class GradMemConfig:
             (self.inner_clip_value is None or self.inner_clip_value > 0, "inner_clip_value must be > 0"),
             (self.inner_clip_norm is None or self.inner_clip_norm > 0, "inner_clip_norm must be > 0"),
             (self.inner_loss_weight >= 0, "inner_loss_weight must be >= 0"),
+            (self.recompute_chunks == 1 or (self.recompute_chunks > 1 and self.recompute_inner_steps),
+             "recompute_chunks > 1 needs recompute_inner_steps=True"),
             (not ((self.use_write_head or self.use_write_lora) and self.grad_mode != "second"
                   and self.inner_loss_weight == 0),
              "the write head and write LoRA act only inside WRITE, so they learn only through second-order "
@@ -139,26 +143,31 @@ def clip_per_sample(grads, clip_value=None, clip_norm=None):
 class _RecomputedInnerStep(torch.autograd.Function):
     """One inner step that saves only its inputs. Its backward re-runs the step (same RNG state, same
     ``create_graph``) and back-propagates through the rebuilt graph at once, so at most one inner
-    step's activations are alive during the outer backward.
+    step's activations are alive during the outer backward; with ``n_chunks > 1``, only one batch
+    chunk of one step (samples are independent, so chunking changes nothing but memory).
 
     Inputs after the static arguments: state tensors, optimiser-state tensors, trainable parameters.
-    Outputs: new state, new optimiser state, then the step's (loss, grad norm) statistics.
+    Outputs: new state, new optimiser state, then the step's per-sample (loss, grad norm).
     """
 
     @staticmethod
-    def forward(ctx, model, context_input_ids, step, create_graph, n_state, n_opt, *tensors):
+    def forward(ctx, model, context_input_ids, step, create_graph, n_state, n_opt, n_chunks, *tensors):
         ctx.model, ctx.context, ctx.step, ctx.create_graph = model, context_input_ids, step, create_graph
-        ctx.n_state, ctx.n_opt = n_state, n_opt
+        ctx.n_state, ctx.n_opt, ctx.n_chunks = n_state, n_opt, n_chunks
         ctx.devices = [t.device for t in tensors[:1] if t.is_cuda]
         ctx.cpu_rng = torch.get_rng_state()
         ctx.cuda_rng = [torch.cuda.get_rng_state(d) for d in ctx.devices]
-        ctx.save_for_backward(*tensors[: n_state + n_opt])
+        inputs = tensors[: n_state + n_opt]
+        ctx.save_for_backward(*inputs)
+        pieces = []
         with torch.enable_grad():
-            state, opt_state = _RecomputedInnerStep._inputs(tensors[:n_state + n_opt], n_state, n_opt)
-            new_state, new_opt, loss, norm = model.inner_step(state, opt_state, context_input_ids, step, False)
-        outputs = [t.detach() for t in new_state] + [t.detach() for t in _flat(new_opt)] + [loss, norm]
-        ctx.mark_non_differentiable(loss, norm)
-        return tuple(outputs)
+            for rows in _chunks(context_input_ids.shape[0], n_chunks):
+                state, opt_state = _RecomputedInnerStep._inputs([t[rows] for t in inputs], n_state, n_opt)
+                new_state, new_opt, loss, norm = model.inner_step(state, opt_state, context_input_ids[rows], step, False)
+                pieces.append([t.detach() for t in (*new_state, *_flat(new_opt), loss, norm)])
+        outputs = tuple(torch.cat(parts) for parts in zip(*pieces))
+        ctx.mark_non_differentiable(*outputs[-2:])
+        return outputs
 
     @staticmethod
     def _inputs(tensors, n_state, n_opt):
@@ -171,16 +180,31 @@ class _RecomputedInnerStep(torch.autograd.Function):
     def backward(ctx, *grad_outputs):
         saved = ctx.saved_tensors
         params = [p for p in ctx.model.parameters() if p.requires_grad]
+        input_grads = [torch.zeros_like(t) for t in saved]
+        param_grads = [None] * len(params)
         with torch.random.fork_rng(devices=ctx.devices), torch.enable_grad():
             torch.set_rng_state(ctx.cpu_rng)
             for device, rng in zip(ctx.devices, ctx.cuda_rng):
                 torch.cuda.set_rng_state(rng, device)
-            state, opt_state = _RecomputedInnerStep._inputs(saved, ctx.n_state, ctx.n_opt)
-            new_state, new_opt, _, _ = ctx.model.inner_step(state, opt_state, ctx.context, ctx.step, ctx.create_graph)
-            outputs = [*new_state, *_flat(new_opt)]
-            inputs = [*state, *_flat(opt_state), *params]
-            grads = torch.autograd.grad(outputs, inputs, grad_outputs[: len(outputs)], allow_unused=True)
-        return (None,) * 6 + tuple(grads)
+            for rows in _chunks(ctx.context.shape[0], ctx.n_chunks):
+                state, opt_state = _RecomputedInnerStep._inputs([t[rows] for t in saved], ctx.n_state, ctx.n_opt)
+                new_state, new_opt, _, _ = ctx.model.inner_step(state, opt_state, ctx.context[rows], ctx.step,
+                                                                ctx.create_graph)
+                outputs = [*new_state, *_flat(new_opt)]
+                grads = torch.autograd.grad(outputs, [*state, *_flat(opt_state), *params],
+                                            [g[rows] for g in grad_outputs[: len(outputs)]], allow_unused=True)
+                for i, g in enumerate(grads[: len(saved)]):
+                    if g is not None:
+                        input_grads[i][rows] = g
+                for i, g in enumerate(grads[len(saved):]):
+                    if g is not None:
+                        param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
+        return (None,) * 7 + tuple(input_grads) + tuple(param_grads)
+
+
+def _chunks(batch_size: int, n_chunks: int) -> list[slice]:
+    size = -(-batch_size // n_chunks)
+    return [slice(i, min(i + size, batch_size)) for i in range(0, batch_size, size)]
 
 
 def _flat(opt_state) -> list:
@@ -305,7 +329,7 @@ class GradMemGPT(MemoryModel):
         opt_flat = _flat(opt_state)
         params = [p for p in self.parameters() if p.requires_grad]
         outputs = _RecomputedInnerStep.apply(self, context_input_ids, step, create_graph, len(state), len(opt_flat),
-                                             *state, *opt_flat, *params)
+                                             self.config.recompute_chunks, *state, *opt_flat, *params)
         n = len(state)
         new_state, new_opt, (loss, norm) = list(outputs[:n]), list(outputs[n:-2]), outputs[-2:]
         half = len(new_opt) // 2
@@ -324,10 +348,12 @@ class GradMemGPT(MemoryModel):
         with torch.enable_grad(), self._write_adapters():
             state = self.initial_state(context_input_ids.shape[0], detach=not outer)
             mem_start, opt_state = state[0], None
-            step_fn = self._recomputed_inner_step if c.recompute_inner_steps and outer else self.inner_step
             for step in range(K):
+                second_order = step >= K - n_second
+                # only a second-order step keeps a graph worth trading for recomputation
+                step_fn = self._recomputed_inner_step if c.recompute_inner_steps and second_order else self.inner_step
                 state, opt_state, loss, norm = step_fn(state, opt_state, context_input_ids, step,
-                                                       create_graph=step >= K - n_second)
+                                                       create_graph=second_order)
                 if not outer:
                     state = [s.detach().requires_grad_() for s in state]
                 losses.append(loss.mean())
