@@ -210,3 +210,26 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, mo
     assert not torch.equal(a["mem_init"], initial.mem_init.detach())
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_accumulation_equals_one_large_batch(tmp_path):
+    flags = [*TINY, "--max_steps", "1", "--eval_steps", "1", "--warmup_steps", "0", "--max_grad_norm", "0"]
+    training.run_experiment(GradMemGPT, [*flags, "--per_device_batch_size", "8", "--exp_path", str(tmp_path / "big")])
+    training.run_experiment(GradMemGPT, [*flags, "--per_device_batch_size", "4", "--gradient_accumulation_steps", "2",
+                                         "--exp_path", str(tmp_path / "accumulated")])
+    a = load_file(tmp_path / "big" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "accumulated" / "checkpoint" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-7)
+
+
+def test_init_checkpoint_loads_weights_only(tmp_path):
+    training.run_experiment(GradMemGPT, [*TINY, "--max_steps", "2", "--eval_steps", "2", "--exp_path", str(tmp_path / "a")])
+    trained = load_file(tmp_path / "a" / "best" / "model.safetensors")
+    result = training.run_experiment(GradMemGPT, [*TINY, "--max_steps", "1", "--eval_steps", "1", "--learning_rate", "1e-12",
+                                                  "--seed", "5", "--init_checkpoint", str(tmp_path / "a" / "best"),
+                                                  "--exp_path", str(tmp_path / "b")])
+    assert result["step"] == 1  # a fresh run (step counter, optimizer), not a resume
+    loaded = load_file(tmp_path / "b" / "checkpoint" / "model.safetensors")
+    for name in trained:
+        torch.testing.assert_close(loaded[name], trained[name], rtol=1e-6, atol=1e-9)
