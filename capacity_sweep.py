@@ -1,0 +1,237 @@
+"""Capacity sweep: GradMem (second order, two values of K), RMT and the full-context transformer over a
+range of pair counts and seeds, with test-time extrapolation (K_test = 1 .. 2 K_train) for GradMem.
+
+Every run trains through its ``run_*.py`` script (single-threaded, ``parallel`` at a time), then is
+evaluated on the test split; each evaluation is a row of ``results/capacity.csv``. The sweep is
+resumable: a run with rows in the CSV is skipped, and an interrupted run resumes from its checkpoint.
+A failed or diverged run is a row with its status. ``plot_capacity`` and ``plot_k_extrapolation`` draw
+the figures from the CSV alone.
+
+    python capacity_sweep.py --help          # scripts/capacity_sweep.sh sets the scale from the environment
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from cli import add_config_args, config_from_args, option
+from io_utils import atomic_file
+
+ROOT = Path(__file__).resolve().parent
+COLUMNS = ("model", "n_pairs", "n_mem_tokens", "K_train", "K_test", "seed", "exact_match", "token_accuracy",
+           "steps", "wall_time_s", "status")
+
+
+@dataclass
+class SweepConfig:
+    out_dir: str = option("results", "folder for capacity.csv and the plots")
+    runs_dir: str = option("runs/sweep", "folder for the training runs")
+    models: tuple[str, ...] = option(("gradmem_k1", "gradmem_k2", "rmt", "full_context"),
+                                     "models: gradmem_k<K> (second order), rmt, full_context")
+    pairs: tuple[int, ...] = option((1, 2, 4, 8, 16), "pair counts")
+    seeds: tuple[int, ...] = option((0, 1, 2), "seeds")
+    n_mem_tokens: int = option(4, "memory vectors of GradMem and RMT")
+    n_layer: int = option(2, "backbone layers")
+    n_head: int = option(4, "backbone heads")
+    n_embd: int = option(64, "backbone width")
+    key_len: int = option(1, "characters per key")
+    value_len: int = option(1, "characters per value")
+    vocab_size: int = option(16, "key/value alphabet")
+    n_train: int = option(50_000, "training samples (generated in memory per run)")
+    n_valid: int = option(500, "validation and test samples")
+    learning_rate: float = option(1e-3, "outer learning rate")
+    max_steps: int = option(6000, "optimizer steps per run")
+    max_train_minutes: float = option(12.0, "wall-clock cap per run")
+    eval_steps: int = option(250, "validation every N steps")
+    parallel: int = option(2, "runs at a time, one thread each")
+
+
+def model_flags(name: str, cfg: SweepConfig) -> tuple[str, list[str], int | None]:
+    """(run script, its model flags, K_train or None) for a sweep model name."""
+    if name.startswith("gradmem_k"):
+        K = int(name.removeprefix("gradmem_k"))
+        return ("run_gradmemgpt_on_kv_retrieval.py",
+                ["--grad_mode", "second", "--K", str(K), "--inner_optimizer", "adam", "--inner_lr", "0.5",
+                 "--n_mem_tokens", str(cfg.n_mem_tokens)], K)
+    if name == "rmt":
+        return "run_rmt_on_kv_retrieval.py", ["--mem_proj_mode", "proj", "--n_mem_tokens", str(cfg.n_mem_tokens)], None
+    if name == "full_context":
+        return "run_gpt2_on_kv_retrieval.py", [], None
+    raise ValueError(f"unknown sweep model {name!r}: use gradmem_k<K>, rmt or full_context.")
+
+
+def run_one(name: str, n_pairs: int, seed: int, cfg: SweepConfig) -> list[dict]:
+    """Train one run (resuming if it was interrupted), evaluate it, return its CSV rows."""
+    script, flags, K = model_flags(name, cfg)
+    exp = Path(cfg.runs_dir) / f"{name}_N{n_pairs}_s{seed}"
+    exp.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(ROOT / script), *flags, "--exp_path", str(exp), "--seed", str(seed),
+           "--n_layer", str(cfg.n_layer), "--n_head", str(cfg.n_head), "--n_embd", str(cfg.n_embd),
+           "--task_n_pairs", str(n_pairs), "--task_key_len", str(cfg.key_len), "--task_value_len", str(cfg.value_len),
+           "--task_vocab_size", str(cfg.vocab_size), "--task_n_train", str(cfg.n_train), "--task_n_valid", str(cfg.n_valid),
+           "--learning_rate", str(cfg.learning_rate), "--warmup_steps", "100", "--max_steps", str(cfg.max_steps),
+           "--max_train_minutes", str(cfg.max_train_minutes), "--eval_steps", str(cfg.eval_steps), "--no-show_progress"]
+    base = {"model": name, "n_pairs": n_pairs, "n_mem_tokens": "" if name == "full_context" else cfg.n_mem_tokens,
+            "K_train": K if K is not None else "", "seed": seed}
+    t0 = time.perf_counter()
+    with open(exp / "log.txt", "a") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    wall = round(time.perf_counter() - t0, 1)
+    if proc.returncode:
+        tail = (exp / "log.txt").read_text().strip().splitlines()[-1:] or ["no output"]
+        return [{**base, "K_test": "", "exact_match": "nan", "token_accuracy": "nan", "steps": "", "wall_time_s": wall,
+                 "status": f"failed (exit {proc.returncode}): {tail[0][:200]}"}]
+    from evaluate import run_evaluation
+
+    rows = []
+    for k_test in (range(1, 2 * K + 1) if K is not None else [None]):
+        r = run_evaluation(exp, split="test", K=k_test)
+        steps = _last_step(exp)
+        status = "ok" if math.isfinite(r["loss"]) else "diverged"
+        rows.append({**base, "K_test": k_test if k_test is not None else "", "exact_match": round(r["exact_match"], 4),
+                     "token_accuracy": round(r["token_accuracy"], 4), "steps": steps, "wall_time_s": wall,
+                     "status": status})
+    return rows
+
+
+def _last_step(exp: Path) -> int:
+    import json
+
+    lines = (exp / "metrics.jsonl").read_text().splitlines() if (exp / "metrics.jsonl").exists() else []
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def read_rows(path) -> list[dict]:
+    """The rows of a capacity CSV (none if it does not exist yet)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def sweep(cfg: SweepConfig) -> list[dict]:
+    """Run every (model, n_pairs, seed) not yet in the CSV; rows are saved as each run finishes."""
+    out = Path(cfg.out_dir)
+    csv_path = out / "capacity.csv"
+    rows = read_rows(csv_path)
+    done = {(r["model"], int(r["n_pairs"]), int(r["seed"])) for r in rows}
+    todo = [(m, n, s) for m in cfg.models for n in cfg.pairs for s in cfg.seeds if (m, n, s) not in done]
+    for m in cfg.models:
+        model_flags(m, cfg)  # unknown names fail before any run starts
+    print(f"{len(done)} runs recorded, {len(todo)} to go", flush=True)
+    # spawn, not fork: a fork of a process whose torch thread pool already runs can deadlock
+    with ProcessPoolExecutor(max_workers=cfg.parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_one, m, n, s, cfg): (m, n, s) for m, n, s in todo}
+        for future in futures:
+            new = future.result()
+            rows.extend(new)
+            write_rows(csv_path, rows)
+            best = max((float(r["exact_match"]) for r in new), default=float("nan"))
+            print(f"done {futures[future]}: {new[0]['status']}, exact_match {best}", flush=True)
+    plot_capacity(rows, out / "capacity.png")
+    plot_k_extrapolation(rows, out / "k_extrapolation.png")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots: from the CSV rows alone
+# ---------------------------------------------------------------------------------------------
+
+def _at_trained_k(rows):
+    """Rows evaluated as trained: K_test == K_train for GradMem, the single row otherwise."""
+    return [r for r in rows if r["status"] == "ok" and (r["K_test"] == r["K_train"])]
+
+
+def plot_capacity(rows: list[dict], path) -> None:
+    """Exact match against pairs, one line (mean over seeds) per model, min-max over seeds as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rows = _at_trained_k(rows)
+    for model in sorted({r["model"] for r in rows}):
+        pairs = sorted({int(r["n_pairs"]) for r in rows if r["model"] == model})
+        em = [[float(r["exact_match"]) for r in rows if r["model"] == model and int(r["n_pairs"]) == n] for n in pairs]
+        ax.plot(pairs, [np.mean(e) for e in em], marker="o", label=model)
+        ax.fill_between(pairs, [min(e) for e in em], [max(e) for e in em], alpha=0.2)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("key-value pairs in the context")
+    ax.set_ylabel("exact match (test)")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_k_extrapolation(rows: list[dict], path) -> None:
+    """Heatmaps of mean exact match over K_train (rows) x K_test (columns), one per pair count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in rows if r["status"] == "ok" and r["K_train"] and r["K_test"]]
+    pairs = sorted({int(r["n_pairs"]) for r in rows})
+    k_train = sorted({int(r["K_train"]) for r in rows})
+    k_test = sorted({int(r["K_test"]) for r in rows})
+    fig, axes = plt.subplots(1, max(1, len(pairs)), figsize=(2.6 * max(1, len(pairs)) + 1, 2.8), squeeze=False,
+                             layout="constrained")
+    for ax, n in zip(axes[0], pairs):
+        grid = np.full((len(k_train), len(k_test)), np.nan)
+        for i, kt in enumerate(k_train):
+            for j, ke in enumerate(k_test):
+                em = [float(r["exact_match"]) for r in rows
+                      if int(r["n_pairs"]) == n and int(r["K_train"]) == kt and int(r["K_test"]) == ke]
+                grid[i, j] = np.mean(em) if em else np.nan
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower")
+        ax.set_xticks(range(len(k_test)), k_test)
+        ax.set_yticks(range(len(k_train)), k_train)
+        ax.set_xlabel("K_test")
+        ax.set_title(f"{n} pairs")
+        for (i, j), v in np.ndenumerate(grid):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+    axes[0][0].set_ylabel("K_train")
+    if pairs:
+        fig.colorbar(im, ax=axes[0].tolist(), label="exact match")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p, SweepConfig, "sweep")
+    cfg = config_from_args(SweepConfig, p.parse_args(argv))
+    sweep(cfg)
+    print(f"wrote {Path(cfg.out_dir) / 'capacity.csv'} and the plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Capacity sweep: GradMem (second order, K=1 and K=2), RMT and the full-context transformer over pair
+# counts and 3 seeds, plus GradMem at K_test = 1..2*K_train. Writes results/capacity.csv and the plots.
+# CPU scale by default (2 single-threaded runs at a time). Resumable: run it again to continue.
+#   scripts/capacity_sweep.sh                      # CPU scale
+#   PAIRS="1 2 4" SEEDS="0" scripts/capacity_sweep.sh
+#   SCALE=paper scripts/capacity_sweep.sh          # 8 memory tokens, L4 D128, N up to 96, on a GPU
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python}
+args=()
+if [ "${SCALE:-cpu}" = paper ]; then
+  args+=(--n_mem_tokens 8 --n_layer 4 --n_embd 128 --key_len 2 --value_len 2 --vocab_size 62
+         --pairs 8 16 32 64 96 --models gradmem_k1 gradmem_k5 rmt full_context --n_train 1000000
+         --learning_rate 1e-4 --max_steps 200000 --max_train_minutes 1440 --eval_steps 5000 --parallel 1)
+fi
+if [ -n "${PAIRS:-}" ]; then args+=(--pairs $PAIRS); fi
+if [ -n "${SEEDS:-}" ]; then args+=(--seeds $SEEDS); fi
+if [ -n "${MODELS:-}" ]; then args+=(--models $MODELS); fi
+exec "$PY" capacity_sweep.py "${args[@]}" "$@"

@@ -1,0 +1,62 @@
+import csv
+import math
+
+import pytest
+
+import capacity_sweep
+from conftest import ROOT
+
+TINY = capacity_sweep.SweepConfig(models=("gradmem_k1", "rmt", "full_context"), pairs=(1, 2, 8), seeds=(0,),
+                                  n_mem_tokens=2, n_layer=1, n_head=2, n_embd=16, vocab_size=4, n_train=200, n_valid=16,
+                                  max_steps=2, eval_steps=2, parallel=2)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    cfg = capacity_sweep.SweepConfig(**{**TINY.__dict__, "out_dir": str(tmp / "results"), "runs_dir": str(tmp / "runs")})
+    return cfg, capacity_sweep.sweep(cfg)
+
+
+def test_sweep_writes_well_formed_rows_and_plots(swept):
+    cfg, rows = swept
+    path = capacity_sweep.Path(cfg.out_dir)
+    with open(path / "capacity.csv", newline="") as f:
+        written = list(csv.DictReader(f))
+    assert tuple(written[0]) == capacity_sweep.COLUMNS and len(written) == len(rows)
+    ok = [r for r in written if r["status"] == "ok"]
+    # gradmem_k1 evaluates at K_test 1 and 2; rmt and full context once; pairs 1 and 2 train
+    assert sorted((r["model"], r["n_pairs"], r["K_test"]) for r in ok) == sorted(
+        [("gradmem_k1", n, k) for n in ("1", "2") for k in ("1", "2")] + [(m, n, "") for m in ("rmt", "full_context") for n in ("1", "2")])
+    assert all(0 <= float(r["exact_match"]) <= 1 and int(r["steps"]) == 2 and float(r["wall_time_s"]) > 0 for r in ok)
+    # 8 pairs from a 4-key alphabet cannot be generated: a failed row per model, not a silent omission
+    failed = [r for r in written if r["status"] != "ok"]
+    assert sorted(r["model"] for r in failed) == ["full_context", "gradmem_k1", "rmt"]
+    assert all(r["n_pairs"] == "8" and "distinct keys" in r["status"] and math.isnan(float(r["exact_match"])) for r in failed)
+    for png in ("capacity.png", "k_extrapolation.png"):
+        assert (path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_second_invocation_skips_what_is_done(swept, capsys):
+    cfg, rows = swept
+    again = capacity_sweep.sweep(cfg)
+    assert "runs recorded, 0 to go" in capsys.readouterr().out and len(again) == len(rows)
+
+
+def test_collect_results_notebook_rebuilds_the_plots(swept, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    cfg, _ = swept
+    csv_path = capacity_sweep.Path(cfg.out_dir) / "capacity.csv"
+    (csv_path.parent / "capacity.png").unlink()
+    monkeypatch.setenv("CAPACITY_CSV", str(csv_path))
+    nb = nbformat.read(ROOT / "notebooks" / "collect_results.ipynb", as_version=4)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    assert (csv_path.parent / "capacity.png").exists()
+    assert any(o.get("data", {}).get("image/png") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_unknown_model_names_fail_before_any_run():
+    with pytest.raises(ValueError, match="unknown sweep model 'lstm'"):
+        capacity_sweep.model_flags("lstm", TINY)
