@@ -29,6 +29,12 @@ def _tile(ptr, off_r, off_c, stride_r, stride_c, n_r, n_c):
 
 
 @triton.jit
+def _row(ptr, bh, stride, offs_m, T):
+    """A per-query-row statistic (lse, delta, c, e) for rows ``offs_m`` of head ``bh``."""
+    return tl.load(ptr + bh * stride + offs_m, mask=offs_m < T, other=0.0)
+
+
+@triton.jit
 def _scores(q, k, bias_ptr, offs_m, offs_n, sbt, sbs, T, S, scale, HAS_BIAS: tl.constexpr):
     """``[BLOCK_M, BLOCK_N]`` scores s q k^T + bias, out-of-range keys at NEG."""
     s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
@@ -79,8 +85,8 @@ def _bwd_dq_kernel(Q, K, V, BIAS, DO, LSE, DELTA, DQ, scale,
     offs_d = tl.arange(0, BLOCK_D)
     q = _tile(Q + b * sqb + h * sqh, offs_m, offs_d, sqt, 1, T, D)
     do = _tile(DO + b * sqb + h * sqh, offs_m, offs_d, sqt, 1, T, D)
-    lse = tl.load(LSE + bh * slb + offs_m, mask=offs_m < T, other=0.0)
-    delta = tl.load(DELTA + bh * slb + offs_m, mask=offs_m < T, other=0.0)
+    lse = _row(LSE, bh, slb, offs_m, T)
+    delta = _row(DELTA, bh, slb, offs_m, T)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start in range(0, S, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
@@ -111,8 +117,8 @@ def _bwd_dkdv_kernel(Q, K, V, BIAS, DO, LSE, DELTA, DK, DV, scale,
         offs_m = start + tl.arange(0, BLOCK_M)
         q = _tile(Q + b * sqb + h * sqh, offs_m, offs_d, sqt, 1, T, D)
         do = _tile(DO + b * sqb + h * sqh, offs_m, offs_d, sqt, 1, T, D)
-        lse = tl.load(LSE + bh * slb + offs_m, mask=offs_m < T, other=0.0)
-        delta = tl.load(DELTA + bh * slb + offs_m, mask=offs_m < T, other=0.0)
+        lse = _row(LSE, bh, slb, offs_m, T)
+        delta = _row(DELTA, bh, slb, offs_m, T)
         p = tl.exp(_scores(q, k, BIAS + b * sbb + h * sbh, offs_m, offs_n, sbt, sbs, T, S, scale, HAS_BIAS) - lse[:, None])
         p = tl.where(offs_m[:, None] < T, p, 0.0)
         dv += tl.dot(tl.trans(p), do, input_precision="ieee")
@@ -149,8 +155,8 @@ def _hvp_rows_kernel(Q, K, V, BIAS, DO, GQ, GK, GV, LSE, DELTA, C, E, scale,
     q = _tile(Q + b * sqb + h * sqh, offs_m, offs_d, sqt, 1, T, D)
     do = _tile(DO + b * sqb + h * sqh, offs_m, offs_d, sqt, 1, T, D)
     gq = _tile(GQ + b * sqb + h * sqh, offs_m, offs_d, sqt, 1, T, D)
-    lse = tl.load(LSE + bh * slb + offs_m, mask=offs_m < T, other=0.0)
-    delta = tl.load(DELTA + bh * slb + offs_m, mask=offs_m < T, other=0.0)
+    lse = _row(LSE, bh, slb, offs_m, T)
+    delta = _row(DELTA, bh, slb, offs_m, T)
     c = tl.zeros([BLOCK_M], tl.float32)
     a = tl.zeros([BLOCK_M], tl.float32)
     for start in range(0, S, BLOCK_N):
@@ -180,10 +186,10 @@ def _hvp_q_kernel(Q, K, V, BIAS, DO, GQ, GK, GV, LSE, DELTA, C, E, GRAD_Q, GRAD_
     q = _tile(Q + b * sqb + h * sqh, offs_m, offs_d, sqt, 1, T, D)
     do = _tile(DO + b * sqb + h * sqh, offs_m, offs_d, sqt, 1, T, D)
     gq = _tile(GQ + b * sqb + h * sqh, offs_m, offs_d, sqt, 1, T, D)
-    lse = tl.load(LSE + bh * slb + offs_m, mask=offs_m < T, other=0.0)
-    delta = tl.load(DELTA + bh * slb + offs_m, mask=offs_m < T, other=0.0)
-    c = tl.load(C + bh * slb + offs_m, mask=offs_m < T, other=0.0)
-    e = tl.load(E + bh * slb + offs_m, mask=offs_m < T, other=0.0)
+    lse = _row(LSE, bh, slb, offs_m, T)
+    delta = _row(DELTA, bh, slb, offs_m, T)
+    c = _row(C, bh, slb, offs_m, T)
+    e = _row(E, bh, slb, offs_m, T)
     grad_q = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     grad_do = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start in range(0, S, BLOCK_N):
@@ -225,10 +231,10 @@ def _hvp_kv_kernel(Q, K, V, BIAS, DO, GQ, GK, GV, LSE, DELTA, C, E, GRAD_K, GRAD
         q = _tile(Q + b * sqb + h * sqh, offs_m, offs_d, sqt, 1, T, D)
         do = _tile(DO + b * sqb + h * sqh, offs_m, offs_d, sqt, 1, T, D)
         gq = _tile(GQ + b * sqb + h * sqh, offs_m, offs_d, sqt, 1, T, D)
-        lse = tl.load(LSE + bh * slb + offs_m, mask=offs_m < T, other=0.0)
-        delta = tl.load(DELTA + bh * slb + offs_m, mask=offs_m < T, other=0.0)
-        c = tl.load(C + bh * slb + offs_m, mask=offs_m < T, other=0.0)
-        e = tl.load(E + bh * slb + offs_m, mask=offs_m < T, other=0.0)
+        lse = _row(LSE, bh, slb, offs_m, T)
+        delta = _row(DELTA, bh, slb, offs_m, T)
+        c = _row(C, bh, slb, offs_m, T)
+        e = _row(E, bh, slb, offs_m, T)
         p, ds, g, dp, do_gv = _hvp_tile(q, k, v, do, gq, gk, gv, lse, delta, BIAS + b * sbb + h * sbh,
                                         offs_m, offs_n, sbt, sbs, T, S, scale, HAS_BIAS)
         g_dp = p * (g - c[:, None])

@@ -81,3 +81,14 @@ def exact_match_after_training(model, batch, steps, lr):
         logits = model(**batch).logits
     target = batch["labels"][:, 1:] != -100
     return ((logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) | ~target).all(dim=1).float().mean().item()
+
+
+def assert_generate_matches_teacher_forced_argmax(model, batch, max_new_tokens=4):
+    """Greedy generation from memory + query equals the argmax of READ run on query + generated tokens."""
+    q_len = int((batch["labels"][0] == -100).sum())  # every KV query has the same length
+    query = batch["query_input_ids"][:, :q_len]
+    with torch.no_grad():
+        memory = model.write(batch["context_input_ids"])
+        new = model.generate(memory, query, max_new_tokens=max_new_tokens)
+        logits = model.read(memory, torch.cat([query, new], 1)).logits
+    torch.testing.assert_close(logits[:, q_len - 1:-1].argmax(-1), new)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from full_context import FullContextLM
-from helpers import exact_match_after_training, kv_batch, tiny_lm
+from helpers import assert_generate_matches_teacher_forced_argmax, exact_match_after_training, kv_batch, tiny_lm
 from rmt import RMT, RMTConfig
 
 
@@ -82,15 +82,7 @@ def models():
 
 @pytest.mark.parametrize("name", ["rmt", "full_context", "mamba"])
 def test_generate_agrees_with_teacher_forced_argmax(name):
-    model = models()[name]
-    batch = kv_batch(3)
-    q_len = int((batch["labels"][0] == -100).sum())
-    query = batch["query_input_ids"][:, :q_len]
-    with torch.no_grad():
-        memory = model.write(batch["context_input_ids"])
-        new = model.generate(memory, query, max_new_tokens=4)
-        logits = model.read(memory, torch.cat([query, new], 1)).logits
-    torch.testing.assert_close(logits[:, q_len - 1:-1].argmax(-1), new)
+    assert_generate_matches_teacher_forced_argmax(models()[name], kv_batch(3))
 
 
 def test_state_bytes_per_context():

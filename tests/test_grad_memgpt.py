@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from grad_memgpt import GradMemConfig, GradMemGPT, adam_update
-from helpers import directional_fd, exact_match_after_training, kv_batch, tiny_lm
+from helpers import (assert_generate_matches_teacher_forced_argmax, directional_fd, exact_match_after_training,
+                     kv_batch, tiny_lm)
 from memory_model import causal_lm_loss, load_memory, save_memory
 
 try:
@@ -257,15 +258,7 @@ def test_invalid_options_raise_at_construction():
 
 
 def test_generate_agrees_with_teacher_forced_argmax():
-    model = make(K=1)
-    batch = kv_batch(3)
-    q_len = int((batch["labels"][0] == -100).sum())  # query length: every KV query has the same length
-    query = batch["query_input_ids"][:, :q_len]
-    with torch.no_grad():
-        memory = model.write(batch["context_input_ids"])
-        new = model.generate(memory, query, max_new_tokens=4)
-        logits = model.read(memory, torch.cat([query, new], 1)).logits
-    torch.testing.assert_close(logits[:, q_len - 1:-1].argmax(-1), new)
+    assert_generate_matches_teacher_forced_argmax(make(K=1), kv_batch(3))
 
 
 def test_save_and_load_pretrained_and_memory(tmp_path):
