@@ -171,8 +171,9 @@ class _RecomputedInnerStep(torch.autograd.Function):
 
     @staticmethod
     def _inputs(tensors, n_state, n_opt):
-        """Fresh leaves for the state (and optimiser state) to take the inner gradient against."""
-        leaves = [t.detach().requires_grad_(t.requires_grad or i < n_state) for i, t in enumerate(tensors)]
+        """Fresh leaves for the state and optimiser state (all differentiable: after a first-order step
+        the Adam moments need no gradient, and autograd drops what is returned for them)."""
+        leaves = [t.detach().requires_grad_() for t in tensors]
         opt = leaves[n_state:]
         return leaves[:n_state], (opt[: n_opt // 2], opt[n_opt // 2:]) if n_opt else None
 

@@ -84,7 +84,8 @@ def test_second_order_gradmem_step_matches_eager(options):
 @pytest.mark.parametrize("options", [
     dict(), dict(inner_optimizer="adam"), dict(K=3, last_K_second_order=1), dict(grad_mode="first"),
     dict(mem_proj_mode="per_sample", inner_clip_norm=0.5), dict(use_write_head=True, n_ctrl_tokens=1, inner_loss_weight=0.3),
-    dict(attn_implementation="gradmem_manual", K=3), dict(recompute_chunks=2), dict(recompute_chunks=3, inner_optimizer="adam")],
+    dict(attn_implementation="gradmem_manual", K=3), dict(recompute_chunks=2), dict(recompute_chunks=3, inner_optimizer="adam"),
+    dict(K=3, last_K_second_order=1, inner_optimizer="adam", recompute_chunks=2)],
     ids=str)
 def test_inner_step_recomputation_gives_identical_gradients(options):
     batch = kv_batch(3)
