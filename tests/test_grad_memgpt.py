@@ -282,3 +282,11 @@ def test_learns_a_small_kv_task():
     torch.manual_seed(0)
     model = GradMemGPT(tiny_lm(n_layer=2, n_embd=32, dtype=torch.float32), GradMemConfig(K=2, n_mem_tokens=4, inner_lr=0.5))
     assert exact_match_after_training(model, kv_batch(8, n_pairs=2, seed=3), steps=400, lr=3e-3) == 1.0
+
+
+def test_write_lora_without_peft_says_how_to_get_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
+    with pytest.raises(ImportError, match=r"use_write_lora=True needs the optional package peft: `pip install peft`"):
+        make(use_write_lora=True)
