@@ -143,6 +143,14 @@ def _hvp_tile(q, k, v, do, gq, gk, gv, lse, delta, bias_ptr, offs_m, offs_n, sbt
 
 
 @triton.jit
+def _hvp_cotangents(p, g, dp, do_gv, delta, c, e):
+    """Cotangents of dP (gdP) and of the scores (gS) for one tile, given the row statistics c and e."""
+    g_dp = p * (g - c[:, None])
+    g_p = g * (dp - delta[:, None]) - c[:, None] * dp + do_gv
+    return g_dp, p * (g_p - e[:, None])
+
+
+@triton.jit
 def _hvp_rows_kernel(Q, K, V, BIAS, DO, GQ, GK, GV, LSE, DELTA, C, E, scale,
                      sqb, sqh, sqt, skb, skh, sks, sbb, sbh, sbt, sbs, slb,
                      H, T, S, D,
@@ -200,9 +208,7 @@ def _hvp_q_kernel(Q, K, V, BIAS, DO, GQ, GK, GV, LSE, DELTA, C, E, GRAD_Q, GRAD_
         gv = _tile(GV + b * skb + h * skh, offs_n, offs_d, sks, 1, S, D)
         p, ds, g, dp, do_gv = _hvp_tile(q, k, v, do, gq, gk, gv, lse, delta, BIAS + b * sbb + h * sbh,
                                         offs_m, offs_n, sbt, sbs, T, S, scale, HAS_BIAS)
-        g_dp = p * (g - c[:, None])
-        g_p = g * (dp - delta[:, None]) - c[:, None] * dp + do_gv
-        g_s = p * (g_p - e[:, None])
+        g_dp, g_s = _hvp_cotangents(p, g, dp, do_gv, delta, c, e)
         grad_q += (tl.dot(ds, gk, input_precision="ieee") + tl.dot(g_s, k, input_precision="ieee")) * scale
         grad_do += tl.dot(p, gv, input_precision="ieee") + tl.dot(g_dp, v, input_precision="ieee")
     mask = (offs_m[:, None] < T) & (offs_d[None, :] < D)
@@ -237,9 +243,7 @@ def _hvp_kv_kernel(Q, K, V, BIAS, DO, GQ, GK, GV, LSE, DELTA, C, E, GRAD_K, GRAD
         e = _row(E, bh, slb, offs_m, T)
         p, ds, g, dp, do_gv = _hvp_tile(q, k, v, do, gq, gk, gv, lse, delta, BIAS + b * sbb + h * sbh,
                                         offs_m, offs_n, sbt, sbs, T, S, scale, HAS_BIAS)
-        g_dp = p * (g - c[:, None])
-        g_p = g * (dp - delta[:, None]) - c[:, None] * dp + do_gv
-        g_s = p * (g_p - e[:, None])
+        g_dp, g_s = _hvp_cotangents(p, g, dp, do_gv, delta, c, e)
         grad_k += (tl.dot(tl.trans(ds), gq, input_precision="ieee") + tl.dot(tl.trans(g_s), q, input_precision="ieee")) * scale
         grad_v += tl.dot(tl.trans(g_dp), do, input_precision="ieee")
     mask = (offs_n[:, None] < S) & (offs_d[None, :] < D)
