@@ -48,3 +48,10 @@ def config_from_args(cls, args: argparse.Namespace, **overrides):
     """Build ``cls`` from the parsed flags (fields missing from ``args`` keep their defaults)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return cls(**{**values, **overrides})
+
+
+def check_config(owner: str, checks) -> None:
+    """Raise ``ValueError("<owner>: <message>.")`` for the first ``(ok, message)`` pair that fails."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"{owner}: {message}.")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cli import option
+from cli import check_config, option
 from memory_model import MemoryModel, MemoryModelOutput
 
 GRAD_MODES = ("none", "first", "second")
@@ -91,9 +91,7 @@ class GradMemConfig:
              "the write head and write LoRA act only inside WRITE, so they learn only through second-order "
              "gradients or the inner loss: set grad_mode='second' or inner_loss_weight > 0"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"GradMemConfig: {msg}.")
+        check_config("GradMemConfig", checks)
 
 
 # ---------------------------------------------------------------------------------------------

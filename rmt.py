@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cli import option
+from cli import check_config, option
 from memory_model import MemoryModel, MemoryModelOutput
 
 RMT_PROJ_MODES = ("none", "proj", "proj_rw")
@@ -45,9 +45,7 @@ class RMTConfig:
             (not self.use_write_head or self.recon_loss_weight > 0,
              "use_write_head needs recon_loss_weight > 0: the head serves only the reconstruction loss"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"RMTConfig: {msg}.")
+        check_config("RMTConfig", checks)
 
 
 def identity_linear(d: int) -> nn.Linear:
