@@ -176,6 +176,25 @@ def test_second_order_through_adam_matches_finite_differences():
     assert abs((g * v).sum().item() - fd) <= 1e-6 * abs(fd)
 
 
+def write_path_share(**cfg):
+    """|second-order grad - first-order grad| / |first-order grad| of a q_proj weight: the part that flows
+    through the WRITE steps."""
+    batch, grads = kv_batch(8), []
+    for mode in ("first", "second"):
+        model = make(n_mem_tokens=2, grad_mode=mode, **cfg)
+        weight = model.lm.model.layers[0].self_attn.q_proj.weight
+        grads.append(torch.autograd.grad(model(**batch).loss, weight)[0])
+    return ((grads[1] - grads[0]).norm() / grads[0].norm()).item()
+
+
+def test_adam_with_one_write_step_passes_almost_no_gradient_through_write():
+    # Adam's first step is ~lr * sign(g), flat in g: hence the warning at construction
+    with pytest.warns(UserWarning, match="sign step"):
+        adam_k1 = write_path_share(K=1, inner_optimizer="adam", inner_lr=0.5)
+    assert adam_k1 < 1e-3 * write_path_share(K=1, inner_lr=1.0)
+    assert write_path_share(K=2, inner_optimizer="adam", inner_lr=0.5) > 0.05
+
+
 OPTION_GRID = [
     dict(grad_mode=g, inner_optimizer=o, mem_proj_mode=p)
     for g, o, p in itertools.product(["none", "first", "second"], ["sgd", "adam"], ["none", "proj", "per_sample"])
