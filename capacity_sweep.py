@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,16 +28,16 @@ from io_utils import atomic_file
 
 ROOT = Path(__file__).resolve().parent
 COLUMNS = ("model", "n_pairs", "n_mem_tokens", "K_train", "K_test", "seed", "exact_match", "token_accuracy",
-           "steps", "wall_time_s", "status")
+           "steps", "wall_time_s", "status", "init_from")
 
 
 @dataclass
 class SweepConfig:
     out_dir: str = option("results", "folder for capacity.csv and the plots")
     runs_dir: str = option("runs/sweep", "folder for the training runs")
-    models: tuple[str, ...] = option(("gradmem_k1", "gradmem_k2", "rmt", "full_context"),
+    models: tuple[str, ...] = option(("gradmem_k2", "gradmem_k3", "rmt", "full_context"),
                                      "models: gradmem_k<K> (second order), rmt, full_context")
-    pairs: tuple[int, ...] = option((1, 2, 4, 8, 16), "pair counts")
+    pairs: tuple[int, ...] = option((1, 2, 4, 8), "pair counts")
     seeds: tuple[int, ...] = option((0, 1, 2), "seeds")
     n_mem_tokens: int = option(4, "memory vectors of GradMem and RMT")
     n_layer: int = option(2, "backbone layers")
@@ -46,12 +46,19 @@ class SweepConfig:
     key_len: int = option(1, "characters per key")
     value_len: int = option(1, "characters per value")
     vocab_size: int = option(16, "key/value alphabet")
-    n_train: int = option(50_000, "training samples (generated in memory per run)")
+    inner_optimizer: str = option("adam", "GradMem's inner-loop update rule (with adam use K >= 2: a single Adam "
+                                          "step is a sign step that passes almost no gradient through WRITE)")
+    inner_lr: float = option(0.5, "GradMem's inner-loop learning rate")
+    n_train: int = option(200_000, "training samples (generated in memory per run)")
     n_valid: int = option(500, "validation and test samples")
     learning_rate: float = option(1e-3, "outer learning rate")
-    max_steps: int = option(6000, "optimizer steps per run")
-    max_train_minutes: float = option(12.0, "wall-clock cap per run")
-    eval_steps: int = option(250, "validation every N steps")
+    batch_size: int = option(32, "training samples per step")
+    max_steps: int = option(4000, "optimizer steps per run (the same for every model)")
+    max_train_minutes: float = option(15.0, "wall-clock cap per run (a safety net; steps set the budget)")
+    eval_steps: int = option(500, "validation every N steps")
+    stop_at_exact_match: float = option(0.99, "a run stops once validation exact match reaches this")
+    curriculum: bool = option(True, "start each run from the best weights of the same model and seed at the "
+                                    "next smaller pair count (runs of one chain go in order of pairs)")
     parallel: int = option(2, "runs at a time, one thread each")
 
 
@@ -60,7 +67,8 @@ def model_flags(name: str, cfg: SweepConfig) -> tuple[str, list[str], int | None
     if name.startswith("gradmem_k"):
         K = int(name.removeprefix("gradmem_k"))
         return ("run_gradmemgpt_on_kv_retrieval.py",
-                ["--grad_mode", "second", "--K", str(K), "--inner_optimizer", "adam", "--inner_lr", "0.5",
+                ["--grad_mode", "second", "--K", str(K), "--inner_optimizer", cfg.inner_optimizer,
+                 "--inner_lr", str(cfg.inner_lr),
                  "--n_mem_tokens", str(cfg.n_mem_tokens)], K)
     if name == "rmt":
         return "run_rmt_on_kv_retrieval.py", ["--mem_proj_mode", "proj", "--n_mem_tokens", str(cfg.n_mem_tokens)], None
@@ -69,19 +77,28 @@ def model_flags(name: str, cfg: SweepConfig) -> tuple[str, list[str], int | None
     raise ValueError(f"unknown sweep model {name!r}: use gradmem_k<K>, rmt or full_context.")
 
 
-def run_one(name: str, n_pairs: int, seed: int, cfg: SweepConfig) -> list[dict]:
-    """Train one run (resuming if it was interrupted), evaluate it, return its CSV rows."""
+def run_dir(cfg: SweepConfig, name: str, n_pairs: int, seed: int) -> Path:
+    return Path(cfg.runs_dir) / f"{name}_N{n_pairs}_s{seed}"
+
+
+def run_one(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_from: str = "") -> list[dict]:
+    """Train one run (resuming if it was interrupted; from the weights of run ``init_from`` if given),
+    evaluate it, return its CSV rows."""
     script, flags, K = model_flags(name, cfg)
-    exp = Path(cfg.runs_dir) / f"{name}_N{n_pairs}_s{seed}"
+    exp = run_dir(cfg, name, n_pairs, seed)
     exp.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(ROOT / script), *flags, "--exp_path", str(exp), "--seed", str(seed),
            "--n_layer", str(cfg.n_layer), "--n_head", str(cfg.n_head), "--n_embd", str(cfg.n_embd),
            "--task_n_pairs", str(n_pairs), "--task_key_len", str(cfg.key_len), "--task_value_len", str(cfg.value_len),
            "--task_vocab_size", str(cfg.vocab_size), "--task_n_train", str(cfg.n_train), "--task_n_valid", str(cfg.n_valid),
            "--learning_rate", str(cfg.learning_rate), "--warmup_steps", "100", "--max_steps", str(cfg.max_steps),
-           "--max_train_minutes", str(cfg.max_train_minutes), "--eval_steps", str(cfg.eval_steps), "--no-show_progress"]
+           "--per_device_batch_size", str(cfg.batch_size), "--stop_at_exact_match", str(cfg.stop_at_exact_match),
+           "--max_train_minutes", str(cfg.max_train_minutes), "--eval_steps", str(cfg.eval_steps),
+           "--eval_batch_size", str(cfg.n_valid), "--no-show_progress"]
+    if init_from:
+        cmd += ["--init_checkpoint", str(Path(cfg.runs_dir) / init_from / "best")]
     base = {"model": name, "n_pairs": n_pairs, "n_mem_tokens": "" if name == "full_context" else cfg.n_mem_tokens,
-            "K_train": K if K is not None else "", "seed": seed}
+            "K_train": K if K is not None else "", "seed": seed, "init_from": init_from}
     t0 = time.perf_counter()
     with open(exp / "log.txt", "a") as log:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -127,27 +144,53 @@ def write_rows(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def _init_from(cfg: SweepConfig, rows: list[dict], run: tuple[str, int, int]) -> str | None:
+    """The run to start from: "" for scratch, a run folder name, or None while the predecessor is unfinished.
+
+    Under the curriculum a run starts from its chain's previous pair count; if that run failed, from the
+    last one of the chain that trained, else from scratch."""
+    name, n, seed = run
+    smaller = [p for p in sorted(cfg.pairs) if p < n] if cfg.curriculum else []
+    finished = {(r["model"], int(r["n_pairs"]), int(r["seed"])): r["status"] for r in rows}
+    if smaller and (name, smaller[-1], seed) not in finished:
+        return None
+    trained = [p for p in smaller if finished.get((name, p, seed)) == "ok"]
+    return run_dir(cfg, name, trained[-1], seed).name if trained else ""
+
+
 def sweep(cfg: SweepConfig) -> list[dict]:
-    """Run every (model, n_pairs, seed) not yet in the CSV; rows are saved as each run finishes."""
+    """Run every (model, n_pairs, seed) not yet in the CSV; rows are saved as each run finishes.
+
+    Runs start smallest pair count first across all models and seeds, so an interrupted sweep has every
+    model at the small pair counts."""
+    for m in cfg.models:
+        model_flags(m, cfg)  # unknown names fail before any run starts
     out = Path(cfg.out_dir)
     csv_path = out / "capacity.csv"
     rows = read_rows(csv_path)
     done = {(r["model"], int(r["n_pairs"]), int(r["seed"])) for r in rows}
-    todo = [(m, n, s) for m in cfg.models for n in cfg.pairs for s in cfg.seeds if (m, n, s) not in done]
-    for m in cfg.models:
-        model_flags(m, cfg)  # unknown names fail before any run starts
+    todo = [(m, n, s) for n in sorted(cfg.pairs) for m in cfg.models for s in cfg.seeds if (m, n, s) not in done]
     print(f"{len(done)} runs recorded, {len(todo)} to go", flush=True)
     # spawn, not fork: a fork of a process whose torch thread pool already runs can deadlock
     with ProcessPoolExecutor(max_workers=cfg.parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, m, n, s, cfg): (m, n, s) for m, n, s in todo}
-        for future in futures:
-            new = future.result()
-            rows.extend(new)
-            write_rows(csv_path, rows)
-            best = max((float(r["exact_match"]) for r in new), default=float("nan"))
-            print(f"done {futures[future]}: {new[0]['status']}, exact_match {best}", flush=True)
+        running = {}
+        while todo or running:
+            for run in list(todo):
+                init = _init_from(cfg, rows, run)
+                if len(running) < cfg.parallel and init is not None:
+                    running[pool.submit(run_one, *run, cfg, init)] = run
+                    todo.remove(run)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                new = future.result()
+                rows.extend(new)
+                write_rows(csv_path, rows)
+                best = max((float(r["exact_match"]) for r in new), default=float("nan"))
+                print(f"done {running.pop(future)}: {new[0]['status']}, exact_match {best}", flush=True)
     plot_capacity(rows, out / "capacity.png")
     plot_k_extrapolation(rows, out / "k_extrapolation.png")
+    with atomic_file(out / "capacity.md") as tmp:
+        tmp.write_text(summary_tables(rows))
     return rows
 
 
@@ -222,6 +265,38 @@ def plot_k_extrapolation(rows: list[dict], path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def summary_tables(rows: list[dict]) -> str:
+    """Markdown: mean test exact match over seeds (min-max in brackets) per model and pair count, as
+    trained; then GradMem per K_test. Failed or diverged runs are counted, not averaged."""
+    def cell(ems, bad):
+        text = f"{sum(ems) / len(ems):.3f} ({min(ems):.2f}-{max(ems):.2f})" if ems else "-"
+        return text + (f", {bad} failed" if bad else "")
+
+    def table(header, keys, pairs, select):
+        lines = [f"| {header} | " + " | ".join(f"N={n}" for n in pairs) + " |", "|---" * (len(pairs) + 1) + "|"]
+        for key in keys:
+            cells = []
+            for n in pairs:
+                chosen = [r for r in select(key) if int(r["n_pairs"]) == n]
+                cells.append(cell([float(r["exact_match"]) for r in chosen if r["status"] == "ok"],
+                                  sum(r["status"] != "ok" for r in chosen)))
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    pairs = sorted({int(r["n_pairs"]) for r in rows})
+    models = sorted({r["model"] for r in rows})
+    as_trained = [r for r in rows if r["K_test"] == r["K_train"] or r["status"] != "ok"]
+    out = "Test exact match, as trained (mean over seeds, min-max in brackets):\n\n"
+    out += table("model", models, pairs, lambda m: [r for r in as_trained if r["model"] == m])
+    gradmem = [r for r in rows if r["K_train"] and r["status"] == "ok"]
+    keys = sorted({(int(r["K_train"]), int(r["K_test"])) for r in gradmem})
+    if keys:
+        out += "\nGradMem test exact match by K_train / K_test:\n\n"
+        out += table("K_train / K_test", [f"{a} / {b}" for a, b in keys], pairs,
+                     lambda key: [r for r in gradmem if f"{r['K_train']} / {r['K_test']}" == key])
+    return out
 
 
 def main(argv=None) -> int:

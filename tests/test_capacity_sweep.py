@@ -29,10 +29,15 @@ def test_sweep_writes_well_formed_rows_and_plots(swept):
     assert sorted((r["model"], r["n_pairs"], r["K_test"]) for r in ok) == sorted(
         [("gradmem_k1", n, k) for n in ("1", "2") for k in ("1", "2")] + [(m, n, "") for m in ("rmt", "full_context") for n in ("1", "2")])
     assert all(0 <= float(r["exact_match"]) <= 1 and int(r["steps"]) == 2 and float(r["wall_time_s"]) > 0 for r in ok)
+    # the curriculum: each chain's 2-pair run starts from its 1-pair run, the 8-pair run from the 2-pair run
+    assert {(r["n_pairs"], r["init_from"]) for r in written if r["model"] == "rmt"} == {
+        ("1", ""), ("2", "rmt_N1_s0"), ("8", "rmt_N2_s0")}
     # 8 pairs from a 4-key alphabet cannot be generated: a failed row per model, not a silent omission
     failed = [r for r in written if r["status"] != "ok"]
     assert sorted(r["model"] for r in failed) == ["full_context", "gradmem_k1", "rmt"]
     assert all(r["n_pairs"] == "8" and "distinct keys" in r["status"] and math.isnan(float(r["exact_match"])) for r in failed)
+    table = (path / "capacity.md").read_text()
+    assert "| rmt |" in table and "| 1 / 2 |" in table and table.count("1 failed") == 3
     for png in ("capacity.png", "k_extrapolation.png"):
         assert (path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -55,6 +60,17 @@ def test_collect_results_notebook_rebuilds_the_plots(swept, monkeypatch):
                             resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
     assert (csv_path.parent / "capacity.png").exists()
     assert any(o.get("data", {}).get("image/png") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_curriculum_waits_for_the_previous_pair_count_and_skips_failed_runs():
+    cfg = capacity_sweep.SweepConfig(pairs=(1, 2, 4), seeds=(0,))
+    row = lambda n, status: {"model": "rmt", "n_pairs": str(n), "seed": "0", "status": status}
+    assert capacity_sweep._init_from(cfg, [], ("rmt", 1, 0)) == ""
+    assert capacity_sweep._init_from(cfg, [row(1, "ok")], ("rmt", 4, 0)) is None
+    assert capacity_sweep._init_from(cfg, [row(1, "ok"), row(2, "failed (exit 1)")], ("rmt", 4, 0)) == "rmt_N1_s0"
+    assert capacity_sweep._init_from(cfg, [row(1, "diverged"), row(2, "diverged")], ("rmt", 4, 0)) == ""
+    no_curriculum = capacity_sweep.SweepConfig(pairs=(1, 2, 4), seeds=(0,), curriculum=False)
+    assert capacity_sweep._init_from(no_curriculum, [], ("rmt", 4, 0)) == ""
 
 
 def test_unknown_model_names_fail_before_any_run():
