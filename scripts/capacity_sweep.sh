@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Capacity sweep: GradMem (second order, K=1 and K=2), RMT and the full-context transformer over pair
+# Capacity sweep: GradMem (second order, K=2 and K=3), RMT and the full-context transformer over pair
 # counts and 3 seeds, plus GradMem at K_test = 1..2*K_train. Writes results/capacity.csv and the plots.
 # CPU scale by default (2 single-threaded runs at a time). Resumable: run it again to continue.
 #   scripts/capacity_sweep.sh                      # CPU scale
@@ -12,6 +12,7 @@ args=()
 if [ "${SCALE:-cpu}" = paper ]; then
   args+=(--n_mem_tokens 8 --n_layer 4 --n_embd 128 --key_len 2 --value_len 2 --vocab_size 62
          --pairs 8 16 32 64 96 --models gradmem_k1 gradmem_k5 rmt full_context --n_train 1000000
+         --inner_optimizer sgd --inner_lr 1.0
          --learning_rate 1e-4 --max_steps 200000 --max_train_minutes 1440 --eval_steps 5000 --parallel 1)
 fi
 if [ -n "${PAIRS:-}" ]; then args+=(--pairs $PAIRS); fi
