@@ -59,7 +59,9 @@ def test_collect_results_notebook_rebuilds_the_plots(swept, monkeypatch):
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
     assert (csv_path.parent / "capacity.png").exists()
-    assert any(o.get("data", {}).get("image/png") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    outputs = [o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert any("image/png" in o for o in outputs)
+    assert any("| rmt |" in o.get("text/markdown", "") for o in outputs)
 
 
 def test_curriculum_waits_for_the_previous_pair_count_and_skips_failed_runs():
