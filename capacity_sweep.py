@@ -176,8 +176,10 @@ def sweep(cfg: SweepConfig) -> list[dict]:
         running = {}
         while todo or running:
             for run in list(todo):
+                if len(running) == cfg.parallel:
+                    break
                 init = _init_from(cfg, rows, run)
-                if len(running) < cfg.parallel and init is not None:
+                if init is not None:
                     running[pool.submit(run_one, *run, cfg, init)] = run
                     todo.remove(run)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -96,8 +96,8 @@ class GradMemConfig:
         if self.inner_optimizer == "adam" and self.K == 1 and self.grad_mode == "second":
             # Adam's first step is lr * g / (|g| + eps) ~ lr * sign(g), whose derivative in g is ~0
             warnings.warn("inner_optimizer='adam' with K=1: the only WRITE step is a sign step, so almost no "
-                          "second-order gradient reaches the weights through WRITE (a measured ~1e-4 of it with "
-                          "SGD's share); use inner_optimizer='sgd' or K >= 2", stacklevel=2)
+                          "second-order gradient reaches the weights through WRITE (measured: ~3e-4 of what SGD "
+                          "passes); use inner_optimizer='sgd' or K >= 2", stacklevel=2)
 
 
 # ---------------------------------------------------------------------------------------------
