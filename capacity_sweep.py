@@ -137,9 +137,9 @@ def read_rows(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
+def write_rows(path: Path, rows: list[dict], columns=COLUMNS) -> None:
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
 

@@ -119,6 +119,20 @@ def run_evaluation(exp_path, split="test", K=None, data_path=None, checkpoint="b
             "state_bytes_per_context": unwrapped.state_bytes_per_context(first.shape[1]), **metrics}, records
 
 
+def save_results(result: dict, records: list[dict], out=None) -> Path:
+    """The metrics as JSON (default: EXP_PATH/eval_<split>_K<K>.json) and the predictions as JSONL beside it."""
+    out = Path(out or Path(result["exp_path"]) / f"eval_{result['split']}_K{result['K']}.json")
+    with atomic_file(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    if records:
+        predictions = out.with_name(out.name.replace("eval_", "predictions_", 1)).with_suffix(".jsonl")
+        with atomic_file(predictions) as tmp:
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        print(f"wrote {predictions}")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp_path", required=True, help="run folder written by a run_*.py script")
@@ -147,15 +161,7 @@ def main(argv=None) -> int:
     for key in ("exact_match", "token_accuracy", "generated_exact_match", "generated_f1", "state_bytes_per_context"):
         if key in result:
             print(f"{key}: {result[key]}")
-    out = Path(args.out or Path(args.exp_path) / f"eval_{args.split}_K{result['K']}.json")
-    with atomic_file(out) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
-    if records:
-        predictions = out.with_name(out.name.replace("eval_", "predictions_", 1)).with_suffix(".jsonl")
-        with atomic_file(predictions) as tmp:
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        print(f"wrote {predictions}")
+    save_results(result, records, args.out)
     return 0
 
 
