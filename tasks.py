@@ -56,13 +56,11 @@ class Task:
         return labels[:, 1:] != IGNORE_INDEX
 
     def score_texts(self, predictions: list[str], samples: list[dict]) -> dict[str, list[float]] | None:
-        """Per-sample scores of generated answers: exact match (and F1) after SQuAD's normalisation,
-        the best over the gold answers."""
-        from text_metrics import exact_match_score, f1_score
+        """Per-sample scores of generated answers: exact match and F1 after SQuAD's normalisation, the best
+        over the gold answers."""
+        from text_metrics import squad_scores
 
-        golds = [gold_answers(s) for s in samples]
-        return {"exact_match": [float(exact_match_score(p, g)) for p, g in zip(predictions, golds)],
-                "f1": [f1_score(p, g) for p, g in zip(predictions, golds)]}
+        return squad_scores(predictions, [gold_answers(s) for s in samples])
 
     def describe(self) -> str:
         return self.name
@@ -253,7 +251,7 @@ class BabiTask(Task):
 
         c = self.config
         if c.data_path:
-            ds = babi_utils.load_babi(c.data_path, task=c.babi_task)
+            ds = babi_utils.load_babi(c.data_path, task=c.babi_task, seed=seed)
         else:
             ds = babi_utils.generate_babi(c.babi_task, c.n_train, c.n_valid, c.n_valid, seed=seed)
         return pick_splits(ds, splits, c.data_path)
@@ -269,8 +267,9 @@ class SquadTaskArgs:
                                    "same format is generated offline")
     layout: str = option("c_qa", "what WRITE sees: c_qa (context; READ question + answer), cq_a (context and "
                          "question; READ 'Answer:'), qc_a (question then context)", choices=("c_qa", "cq_a", "qc_a"))
-    n_train: int = option(10_000, "offline generation: training questions")
-    n_valid: int = option(500, "offline generation: validation (and test) questions")
+    n_train_paragraphs: int = option(2000, "offline generation: training paragraphs (several questions each)")
+    n_dev_paragraphs: int = option(200, "offline generation: paragraphs of the test split (the official dev "
+                                   "set's role); valid is carved out of train")
 
 
 class SquadTask(Task):
@@ -284,9 +283,9 @@ class SquadTask(Task):
 
         c = self.config
         if c.data_path:
-            ds = squad_utils.load_squad(c.data_path)
+            ds = squad_utils.load_squad(c.data_path, seed=seed)
         else:
-            ds = squad_utils.generate_squad(c.n_train, c.n_valid, c.n_valid, seed=seed)
+            ds = squad_utils.generate_squad(c.n_train_paragraphs, c.n_dev_paragraphs, seed=seed)
         return pick_splits(squad_utils.squad_layout(ds, c.layout), splits, c.data_path)
 
     def describe(self) -> str:
@@ -313,7 +312,7 @@ class PhonebookTask(Task):
 
         c = self.config
         if c.data_path:
-            ds = phonebook_utils.load_phonebook(c.data_path)
+            ds = phonebook_utils.load_phonebook(c.data_path, seed=seed)
         else:
             ds = phonebook_utils.generate_phonebook(c.n_entries, c.n_train, c.n_valid, c.n_valid, seed=seed)
         return pick_splits(ds, splits, c.data_path)

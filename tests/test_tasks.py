@@ -1,12 +1,18 @@
 """The task interface: the BPE collator's label alignment, truncation and errors, generation scoring."""
+import io
 import json
+from contextlib import redirect_stderr
 
 import pytest
 import torch
 
 import evaluate as evaluate_script
 import kv_dataset_utils as kv
-from helpers import TOKENIZER, bpe_tokenizer
+import training
+from full_context import FullContextLM
+from grad_memgpt import GradMemGPT
+from helpers import TOKENIZER, bpe_tokenizer, pretrained_folder
+from rmt import RMT
 from tasks import KVTask, TaskDataError, TextCollator, query_only, task_class
 
 SAMPLES = [{"context": "Mary moved to the bathroom.\nJohn went to the hallway.", "query": "Question: Where is Mary?\nAnswer:",
@@ -107,3 +113,56 @@ def test_every_task_is_registered_with_a_config_of_flags():
         assert cls.name == name and cls.config_class is not None
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         task_class("nope")
+
+
+TASK_RUNS = [("gradmem", "babi", ["--babi_task", "qa2", "--n_train", "48", "--n_valid", "8"]),
+             ("gradmem", "squad", ["--layout", "cq_a", "--n_train_paragraphs", "6", "--n_dev_paragraphs", "2"]),
+             ("gradmem", "phonebook", ["--n_entries", "4", "--n_train", "48", "--n_valid", "8"]),
+             ("rmt", "babi", ["--n_train", "48", "--n_valid", "8"]),
+             ("full_context", "squad", ["--layout", "qc_a", "--n_train_paragraphs", "6", "--n_dev_paragraphs", "2"]),
+             ("closed_book", "phonebook", ["--n_entries", "2", "--n_train", "48", "--n_valid", "8"])]
+
+
+@pytest.mark.parametrize("model, task, flags", TASK_RUNS, ids=[f"{m}-{t}" for m, t, _ in TASK_RUNS])
+def test_tiny_end_to_end_run_per_task_with_a_local_bpe_model(tmp_path, model, task, flags):
+    folder = pretrained_folder(tmp_path / "lm", bpe_tokenizer(bos=True))
+    cls = {"gradmem": GradMemGPT, "rmt": RMT, "full_context": FullContextLM, "closed_book": FullContextLM}[model]
+    extra = {"gradmem": ["--n_mem_tokens", "2", "--K", "1", "--inner_lr", "0.01"], "rmt": ["--n_mem_tokens", "2"],
+             "full_context": [], "closed_book": ["--closed_book"]}[model]
+    exp = tmp_path / "run"
+    result = training.run_experiment(cls, [*flags, *extra, "--pretrained_path", str(folder), "--exp_path", str(exp),
+                                           "--per_device_batch_size", "4", "--max_steps", "2", "--eval_steps", "2",
+                                           "--warmup_steps", "1", "--no-show_progress"], task=task)
+    assert result["step"] == 2 and 0 <= result["exact_match"] <= 1
+    config = json.loads((exp / "config.json").read_text())
+    assert config["task_name"] == task and config["backbone"]["pretrained_path"] == str(folder)
+    assert evaluate_script.main(["--exp_path", str(exp), "--split", "test", "--max_samples", "4"]) == 0
+    out = json.loads(next(exp.glob("eval_test_K*.json")).read_text())
+    assert 0 <= out["generated_exact_match"] <= out["generated_f1"] <= 1 and out["n_samples"] == 4
+    records = [json.loads(line) for line in next(exp.glob("predictions_test_K*.jsonl")).read_text().splitlines()]
+    assert len(records) == 4 and {"id", "query", "prediction", "answers", "exact_match", "f1"} <= set(records[0])
+    assert all(r["query"].endswith("Answer:") and r["answers"] for r in records)
+
+
+def test_pretrained_input_errors_are_one_clear_message_and_leave_nothing_on_disk(tmp_path):
+    def run(*args):
+        with pytest.raises(SystemExit) as e:
+            training.run_experiment(GradMemGPT, [*args, "--exp_path", str(tmp_path / "run"), "--max_steps", "1"],
+                                    task="phonebook")
+        assert e.value.code == 2 and not (tmp_path / "run").exists()
+
+    no_tokenizer = pretrained_folder(tmp_path / "lm", bpe_tokenizer())
+    for f in no_tokenizer.glob("tokenizer*"):
+        f.unlink()
+    other = pretrained_folder(tmp_path / "other", bpe_tokenizer(bos=True))
+    bpe_tokenizer().save_pretrained(other)  # a tokenizer whose EOS is not the model's
+    cases = [(["--pretrained_path", str(no_tokenizer)], "no tokenizer could be loaded"),
+             (["--pretrained_path", str(other)], "EOS id 0 is not the model's"),
+             (["--pretrained_path", str(tmp_path / "missing.gguf")], "no pretrained model at"),
+             (["--pretrained_path", "gpt2"], "could not fetch 'gpt2' from the Hugging Face hub"),
+             ([], "takes its tokenizer from a pretrained model")]
+    for args, message in cases:
+        err = io.StringIO()
+        with redirect_stderr(err):
+            run(*args)
+        assert message in err.getvalue(), (args, err.getvalue())

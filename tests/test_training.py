@@ -159,6 +159,7 @@ def test_wrong_paths_and_vocab_mismatch_give_one_clear_message(tmp_path, args, m
                       str(tmp_path / "run"), *args)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2 and message in output and "Traceback" not in output, output
+    assert not (tmp_path / "run").exists()  # validated before the run folder is made
 
 
 def test_exact_match_ignores_delimiters():
