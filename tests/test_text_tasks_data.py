@@ -189,6 +189,12 @@ def test_babi_redraws_contexts_of_earlier_splits(monkeypatch):
     assert card["redrawn_for_overlap_with_earlier_splits"]["valid"] > 0
 
 
+def test_babi_gives_up_on_stories_that_ask_nothing(monkeypatch):
+    monkeypatch.setattr(babi, "_questions", lambda task, world: [])
+    with pytest.raises(TextDataError, match="qa2: 50 stories of 4-20 facts in a row determined no question"):
+        babi.babi_sample("qa2", babi.random.Random(0), (4, 20), max_tries=50)
+
+
 def test_babi_says_when_the_splits_cannot_be_disjoint():
     class Everything(set):
         def __contains__(self, item):
@@ -201,6 +207,7 @@ def test_babi_says_when_the_splits_cannot_be_disjoint():
 @pytest.mark.parametrize("kwargs, message", [
     ({"task": "qa6"}, "qa6"), ({"task": "qa4", "max_facts": 5}, "exactly 2 facts"),
     ({"min_facts": 5, "max_facts": 3}, "min_facts <= max_facts"), ({"n_valid": -1}, ">= 0"),
+    ({"task": "qa5", "min_facts": 2, "max_facts": 3}, "qa5 needs max_facts >= 4"),
 ])
 def test_babi_config_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
