@@ -369,7 +369,7 @@ def test_squad_normalisation(text, normalised):
     ("the Denver Broncos", ["Denver Broncos"], 1.0, 1.0),
     ("Denver Broncos won", "Denver Broncos", 0.0, 0.8),  # P 2/3, R 1
     ("the cat sat", ["a dog", "cat on mat"], 0.0, 0.4),  # best gold: P 1/2, R 1/3
-    ("go go stop", ["go stop stop"], 0.0, 2 / 3),  # multiset overlap: one go, one stop
+    ("go go", ["go go stop"], 0.0, 0.8),  # multiset overlap: two go; P 1, R 2/3
     ("Rinther Academy", ["x", "the Rinther Academy"], 1.0, 1.0),
     ("nothing alike", ["Rinther Academy"], 0.0, 0.0),
     ("the", ["an"], 1.0, 0.0),  # both normalise to "": EM 1, F1 0 as in the official v1.1 script
