@@ -38,9 +38,9 @@ import numpy as np
 
 from cli import add_config_args, check_config, config_from_args, option
 from kv_dataset_utils import format_count
-from text_qa_data import (OutputConfig, TextDataError, canonical_splits, check_nonempty, ensure_absent,
-                          load_source, question_query, require_columns, run_cli, save_text_dataset,
-                          text_dataset)
+from text_qa_data import (TEXT_COLUMNS, OutputConfig, TextDataError, canonical_splits, check_nonempty,
+                          ensure_absent, load_source, question_query, require_columns, run_cli,
+                          save_text_dataset, text_dataset)
 
 BABI_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
 BABILONG_COLUMNS = ("input", "question", "target")
@@ -119,6 +119,7 @@ class _World:
         return self.where.get(self.holder[obj]) if obj in self.holder else self.lying.get(obj)
 
     def feasible(self, kind: str, people, places, objects) -> list[tuple]:
+        """Every action of this kind the world allows now (arguments for ``apply``)."""
         if kind == "move":
             return [(p, l) for p in people for l in places if self.where.get(p) != l]
         if kind == "pick":
@@ -253,7 +254,7 @@ def _generate(cfg: BabiConfig):
     splits, redrawn = {}, {}
     for (split, n), rng in zip((("train", cfg.n_train), ("valid", cfg.n_valid), ("test", cfg.n_test)), streams):
         rows, redrawn[split] = _generate_split(cfg, n, rng, seen if split != "train" else set(), split)
-        columns = {c: [r[c] for r in rows] for c in ("context", "query", "target", "answers")}
+        columns = {c: [r[c] for r in rows] for c in TEXT_COLUMNS}
         splits[split] = text_dataset(columns)
         seen.update(columns["context"])
     card = {"name": cfg.name, "generator": "babi_utils.generate_babi", "config": asdict(cfg),
