@@ -38,9 +38,9 @@ import numpy as np
 
 from cli import add_config_args, check_config, config_from_args, option
 from kv_dataset_utils import format_count
-from text_qa_data import (OutputConfig, TextDataError, canonical_splits, check_nonempty, ensure_absent,
-                          load_source, question_query, require_columns, run_cli, save_text_dataset,
-                          text_dataset)
+from text_qa_data import (TEXT_COLUMNS, OutputConfig, TextDataError, canonical_splits, check_nonempty,
+                          ensure_absent, load_source, question_query, require_columns, run_cli,
+                          save_text_dataset, text_dataset)
 
 BABI_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
 BABILONG_COLUMNS = ("input", "question", "target")
@@ -56,6 +56,7 @@ DROP_VERBS = ("dropped", "put down", "left")
 GIVE_VERBS = ("gave", "handed", "passed")
 DIRECTIONS = {"north": (0, 1), "south": (0, -1), "east": (1, 0), "west": (-1, 0)}
 OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east"}
+MIN_FACTS_FOR_A_QUESTION = {"qa3": 3, "qa5": 4}  # move+pick+move; move+pick+move(other)+give
 DEFAULT_FACTS = {"qa1": (2, 10), "qa2": (4, 20), "qa3": (6, 24), "qa4": (2, 2), "qa5": (4, 20)}
 CAST = {"people": 4, "places": 6, "objects": 4}  # drawn per story from the lists above
 ACTION_WEIGHTS = {"qa1": {"move": 1.0}, "qa2": {"move": 0.5, "pick": 0.3, "drop": 0.2},
@@ -85,6 +86,8 @@ class BabiConfig:
             (self.task in BABI_TASKS, f"task={self.task!r} is not one of {BABI_TASKS}"),
             (min(self.n_train, self.n_valid, self.n_test) >= 0, "n_train, n_valid and n_test must be >= 0"),
             (2 <= lo <= hi, f"need 2 <= min_facts <= max_facts; got {lo} and {hi}"),
+            (hi >= MIN_FACTS_FOR_A_QUESTION.get(self.task, 2),
+             f"{self.task} needs max_facts >= {MIN_FACTS_FOR_A_QUESTION.get(self.task)} to ask anything"),
             (self.task != "qa4" or lo == hi == 2, "qa4 stories have exactly 2 facts: leave min/max_facts unset"),
         ])
 
@@ -116,6 +119,7 @@ class _World:
         return self.where.get(self.holder[obj]) if obj in self.holder else self.lying.get(obj)
 
     def feasible(self, kind: str, people, places, objects) -> list[tuple]:
+        """Every action of this kind the world allows now (arguments for ``apply``)."""
         if kind == "move":
             return [(p, l) for p in people for l in places if self.where.get(p) != l]
         if kind == "pick":
@@ -206,14 +210,16 @@ def _relation_story(rng: random.Random):
     return facts, question
 
 
-def babi_sample(task: str, rng: random.Random, fact_range: tuple[int, int]) -> dict:
-    """One sample; stories that determine no question are redrawn."""
-    while True:
+def babi_sample(task: str, rng: random.Random, fact_range: tuple[int, int], *, max_tries: int = 1000) -> dict:
+    """One sample; stories that determine no question are redrawn (at most ``max_tries`` times)."""
+    for _ in range(max_tries):
         story = _relation_story(rng) if task == "qa4" else _world_story(task, rng.randint(*fact_range), rng)
         if story is not None:
             facts, (question, answer) = story
             return {"context": "\n".join(facts), "query": question_query(question), "target": answer,
                     "answers": [answer]}
+    raise TextDataError(f"{task}: {max_tries} stories of {fact_range[0]}-{fact_range[1]} facts in a row "
+                        f"determined no question; raise --min_facts/--max_facts.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +254,7 @@ def _generate(cfg: BabiConfig):
     splits, redrawn = {}, {}
     for (split, n), rng in zip((("train", cfg.n_train), ("valid", cfg.n_valid), ("test", cfg.n_test)), streams):
         rows, redrawn[split] = _generate_split(cfg, n, rng, seen if split != "train" else set(), split)
-        columns = {c: [r[c] for r in rows] for c in ("context", "query", "target", "answers")}
+        columns = {c: [r[c] for r in rows] for c in TEXT_COLUMNS}
         splits[split] = text_dataset(columns)
         seen.update(columns["context"])
     card = {"name": cfg.name, "generator": "babi_utils.generate_babi", "config": asdict(cfg),

@@ -23,7 +23,7 @@ import numpy as np
 
 from cli import add_config_args, check_config, config_from_args, option
 from kv_dataset_utils import format_count
-from text_qa_data import (OutputConfig, canonical_splits, check_nonempty, ensure_absent,
+from text_qa_data import (TEXT_COLUMNS, OutputConfig, canonical_splits, check_nonempty, ensure_absent,
                           load_source, question_query, require_columns, run_cli, save_text_dataset,
                           text_dataset, with_answer_prompt)
 
@@ -94,7 +94,7 @@ def _generate(cfg: PhonebookConfig):
                 redrawn[split] += 1
                 continue
             rows.append(sample)
-        columns = {c: [r[c] for r in rows] for c in ("context", "query", "target", "answers")}
+        columns = {c: [r[c] for r in rows] for c in TEXT_COLUMNS}
         splits[split] = text_dataset(columns)
         seen.update(columns["context"])
     card = {"name": cfg.name, "generator": "phonebook_utils.generate_phonebook", "config": asdict(cfg),

@@ -198,10 +198,10 @@ def canonical_splits(dd, *, source, what: str, n_carve: int = 1000, seed: int = 
 
 
 def split_report(dd) -> dict:
-    """Rows per split and how many contexts of each split also occur in an earlier split."""
+    """Rows per split and how many contexts of each split also occur in an earlier split (in ``dd``'s order)."""
     seen: set[str] = set()
     report = {}
-    for split in [s for s in SPLITS if s in dd] + [s for s in dd if s not in SPLITS]:
+    for split in dd:
         contexts = dd[split]["context"]
         report[split] = {"n_samples": len(contexts), "n_distinct_contexts": len(set(contexts)),
                          "rows_whose_context_is_in_an_earlier_split": sum(c in seen for c in contexts)}
