@@ -228,20 +228,23 @@ class _StringChunk:
         return len(self.offsets) - 1
 
     def row_hashes(self) -> np.ndarray:
-        """64-bit hash per row; equal strings give equal hashes."""
-        starts, lengths = self.offsets[:-1], np.diff(self.offsets)
+        """64-bit hash per row, a function of the string alone (not of the chunk it sits in):
+
+            hash(s) = len(s) * C + sum_p code(s[p]) * M[p]   (mod 2**64)
+
+        with fixed odd multipliers ``M``. Rows are laid out as a zero-padded ``[rows, width]``
+        matrix; padding adds zero terms, so the width of the chunk does not change a row's hash.
+        """
+        lengths = np.diff(self.offsets)
+        width = int(lengths.max(initial=0))
+        if (lengths == width).all():  # equal lengths: the flat buffer already is the matrix
+            padded = self.flat.reshape(len(self), width)
+        else:
+            padded = np.zeros((len(self), width), self.flat.dtype)
+            padded[np.arange(width) < lengths[:, None]] = self.flat  # row-major fill, row by row
         with np.errstate(over="ignore"):
-            length_term = lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-            if len(self) and (lengths == lengths[0]).all():  # equal lengths: rows as 64-bit words
-                narrow = np.uint8 if not len(self.flat) or self.flat.max() < 0x100 else np.uint32
-                rows = self.flat.astype(narrow).reshape(len(self), -1)
-                per_word = 8 // rows.itemsize
-                rows = np.pad(rows, ((0, 0), (0, -rows.shape[1] % per_word))).view(np.uint64)
-                return (rows * _HASH_MULTIPLIERS[: rows.shape[1]]).sum(axis=1, dtype=np.uint64) + length_term
-            position = np.arange(len(self.flat)) - np.repeat(starts, lengths)
-            terms = self.flat.astype(np.uint64) * _HASH_MULTIPLIERS[position]
-            cum = np.concatenate([[np.uint64(0)], np.cumsum(terms, dtype=np.uint64)])
-            return cum[self.offsets[1:]] - cum[starts] + length_term
+            return (padded.astype(np.uint64) @ _HASH_MULTIPLIERS[:width]
+                    + lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
 
     def to_arrow(self):
         """Vectorised UTF-8 encoding (code points below U+10000) into a ``pyarrow.StringArray``."""
