@@ -23,6 +23,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ BASE_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 # extended A/B, then Greek, then Cyrillic. Every one is a single UTF-16 code unit (< U+0800).
 EXTRA_ALPHABET_RANGES = ((0x00C0, 0x024F), (0x0391, 0x03C9), (0x0410, 0x044F))
 MAX_VOCAB_SIZE = 512
+MAX_CONTEXT_LEN = 1 << 16  # characters; the row hash has this many position multipliers
 SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
 PAD_ID = 0
 COLUMNS = ("context", "query", "target")
@@ -71,6 +73,7 @@ class KVTaskConfig:
     n_segments: int = 1
     min_segment_len: int = 0  # noise characters per segment, drawn uniformly in [min, max]
     max_segment_len: int = 0
+    noise_ratio: float = 0.0  # or: noise characters as this fraction of the context (one segment)
 
     def __post_init__(self):
         kv_alphabet(self.vocab_size)  # range check
@@ -87,6 +90,20 @@ class KVTaskConfig:
                 f"a sample, so lower n_pairs or raise key_len or vocab_size.")
         if self.n_pairs == 0 and self.max_segment_len == 0:
             raise KVDataError("the copy task (n_pairs=0) needs noise to copy: set max_segment_len > 0.")
+        if not 0 <= self.noise_ratio < 1:
+            raise KVDataError(f"noise_ratio={self.noise_ratio} is out of range: choose 0 <= noise_ratio < 1.")
+        if self.noise_ratio and (self.n_pairs == 0 or self.n_segments != 1 or self.max_segment_len):
+            raise KVDataError(
+                f"noise_ratio={self.noise_ratio} sets the noise of a one-segment context around its pairs: "
+                f"use it with n_pairs >= 1 and leave n_segments, min_segment_len and max_segment_len at "
+                f"their defaults (got n_pairs={self.n_pairs}, n_segments={self.n_segments}, "
+                f"max_segment_len={self.max_segment_len}).")
+        if self.noise_ratio and self.noise_chars == 0:
+            raise KVDataError(f"noise_ratio={self.noise_ratio} rounds to no noise character for {self.n_pairs} "
+                              f"pairs: raise noise_ratio.")
+        if self.max_context_len > MAX_CONTEXT_LEN:
+            raise KVDataError(f"contexts of up to {self.max_context_len} characters exceed the limit of "
+                              f"{MAX_CONTEXT_LEN}: lower n_pairs, the segment lengths or noise_ratio.")
 
     @property
     def n_distinct_keys(self) -> int:
@@ -97,18 +114,35 @@ class KVTaskConfig:
         return self.key_len + self.value_len + 3  # '!' key ':' value '!'
 
     @property
+    def noise_chars(self) -> int:
+        """Noise characters per context under ``noise_ratio`` r: with C = n_pairs * pair_len + 1
+        other characters (the pairs and the closing '|'), the integer nearest r C / (1 - r), so
+        noise / len(context) is within 1 / (2 len(context) - 1) of r."""
+        r = Fraction(repr(float(self.noise_ratio)))
+        return math.floor(r * (self.n_pairs * self.pair_len + 1) / (1 - r) + Fraction(1, 2))
+
+    @property
+    def segment_len_range(self) -> tuple[int, int]:
+        """(min, max) noise characters per segment."""
+        if self.noise_ratio:
+            return self.noise_chars, self.noise_chars
+        return self.min_segment_len, self.max_segment_len
+
+    @property
     def max_context_len(self) -> int:
-        return self.n_pairs * self.pair_len + self.n_segments * (self.max_segment_len + 1)
+        return self.n_pairs * self.pair_len + self.n_segments * (self.segment_len_range[1] + 1)
 
     @property
     def has_noise(self) -> bool:
-        return self.max_segment_len > 0 or self.n_segments > 1
+        return self.segment_len_range[1] > 0 or self.n_segments > 1
 
     @property
     def name(self) -> str:
-        """Folder-name stem, e.g. ``N16-K2V2-V62`` or ``N8-K2V2-V62_S2(100-200)``."""
+        """Folder-name stem: ``N16-K2V2-V62``, ``N8-K2V2-V62_S2(100-200)`` or ``N16-K2V2-V62_noise_0.5``."""
         stem = f"N{self.n_pairs}-K{self.key_len}V{self.value_len}-V{self.vocab_size}"
-        if self.has_noise:
+        if self.noise_ratio:
+            stem += f"_noise_{float(self.noise_ratio)!r}"
+        elif self.has_noise:
             stem += f"_S{self.n_segments}({self.min_segment_len}-{self.max_segment_len})"
         return stem
 
@@ -191,9 +225,9 @@ def _place_in_noise(cfg: KVTaskConfig, rng, pairs: np.ndarray, alphabet: np.ndar
     ``segment * stride + slot``; a stable argsort per row lays the units out in order.
     """
     n, N, W = pairs.shape
-    S, L = cfg.n_segments, cfg.max_segment_len
+    S, (L_min, L) = cfg.n_segments, cfg.segment_len_range
     stride = 2 * L + 4
-    seg_len = rng.integers(cfg.min_segment_len, L + 1, size=(n, S))
+    seg_len = rng.integers(L_min, L + 1, size=(n, S))
     seg_of_pair = rng.integers(0, S, size=(n, N))
     # a pair inserted before noise position q (0..seg_len) sorts at 2q, noise position p at 2p+1
     slot_of_pair = 2 * (rng.random((n, N)) * (np.take_along_axis(seg_len, seg_of_pair, 1) + 1)).astype(np.int64)
@@ -213,7 +247,7 @@ def _place_in_noise(cfg: KVTaskConfig, rng, pairs: np.ndarray, alphabet: np.ndar
 
 
 # Position-dependent odd multipliers for a 64-bit row hash (fixed, so hashes are reproducible).
-_HASH_MULTIPLIERS = np.random.default_rng(0x6B76).integers(1, 2**63, size=1 << 16, dtype=np.uint64) | np.uint64(1)
+_HASH_MULTIPLIERS = np.random.default_rng(0x6B76).integers(1, 2**63, size=MAX_CONTEXT_LEN, dtype=np.uint64) | np.uint64(1)
 
 
 class _StringChunk:
@@ -510,6 +544,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_segments", type=int, default=d.n_segments, help="context segments, each ending with '|'")
     p.add_argument("--min_segment_len", type=int, default=d.min_segment_len, help="min noise characters per segment")
     p.add_argument("--max_segment_len", type=int, default=d.max_segment_len, help="max noise characters per segment")
+    p.add_argument("--noise_ratio", type=float, default=d.noise_ratio,
+                   help="instead of the segment flags: noise characters make up this fraction r of each "
+                        "context (0 <= r < 1), around whole pairs at random positions; adds _noise_{r} to the name")
     p.add_argument("--n_train", type=int, default=100_000, help="training samples")
     p.add_argument("--n_valid", type=int, default=5_000, help="validation samples")
     p.add_argument("--n_test", type=int, default=5_000, help="test samples")
@@ -523,8 +560,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_arg_parser().parse_args(argv)
     try:
-        cfg = KVTaskConfig(args.n_pairs, args.key_len, args.value_len, args.vocab_size,
-                           args.n_segments, args.min_segment_len, args.max_segment_len)
+        cfg = KVTaskConfig(n_pairs=args.n_pairs, key_len=args.key_len, value_len=args.value_len,
+                           vocab_size=args.vocab_size, n_segments=args.n_segments,
+                           min_segment_len=args.min_segment_len, max_segment_len=args.max_segment_len,
+                           noise_ratio=args.noise_ratio)
         path = Path(args.out) / dataset_folder_name(cfg, args.n_train)
         if path.exists() and not args.overwrite:  # fail before spending time generating
             raise KVDataError(f"output folder {path} already exists: pass --overwrite to replace it, "

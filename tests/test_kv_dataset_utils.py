@@ -17,6 +17,15 @@ def small(cfg=None, n=300, seed=0):
     return kv.generate_kv_dataset(cfg or kv.KVTaskConfig(n_pairs=6), n, 60, 60, seed)
 
 
+# Upper 0.001 quantiles of the chi-square distribution, by degrees of freedom (standard tables).
+CHI2_CRITICAL_0001 = {2: 13.816, 3: 16.266, 4: 18.467, 7: 24.322}
+
+
+def chi_square(observed, expected) -> float:
+    observed, expected = np.asarray(observed, float), np.asarray(expected, float)
+    return float(((observed - expected) ** 2 / expected).sum())
+
+
 @pytest.mark.parametrize("cfg", [
     kv.KVTaskConfig(n_pairs=6),
     kv.KVTaskConfig(n_pairs=5, key_len=3, value_len=1, vocab_size=10),
@@ -50,6 +59,86 @@ def test_noise_lengths_and_pair_positions_vary():
     assert noise_lens == set(range(5, 10))
     starts = {s["context"].index("!") for s in ds["train"]}
     assert len(starts) > 5, "pairs sit at random positions, not always at the start"
+
+
+@pytest.mark.parametrize("cfg", [
+    kv.KVTaskConfig(n_pairs=8),
+    kv.KVTaskConfig(n_pairs=4, n_segments=3, min_segment_len=0, max_segment_len=10),
+    kv.KVTaskConfig(n_pairs=8, noise_ratio=0.5),
+], ids=lambda c: c.name)
+def test_queried_pair_is_uniform_over_context_positions(cfg):
+    """Which pair is asked for, counted by its order of appearance in the context: chi-square
+    against the uniform 1/n_pairs at the 0.001 level."""
+    ds, _ = kv.generate_kv_dataset(cfg, 4000, 1, 1, seed=0)
+    ranks = [[k for k, _ in PAIR.findall(s["context"])].index(s["query"][2:-1]) for s in ds["train"]]
+    observed = np.bincount(ranks, minlength=cfg.n_pairs)
+    assert chi_square(observed, np.full(cfg.n_pairs, len(ranks) / cfg.n_pairs)) < CHI2_CRITICAL_0001[cfg.n_pairs - 1]
+
+
+def test_segment_noise_lengths_are_uniform_within_their_bounds():
+    cfg = kv.KVTaskConfig(n_pairs=2, n_segments=3, min_segment_len=2, max_segment_len=6)
+    ds, _ = kv.generate_kv_dataset(cfg, 1000, 1, 1, seed=0)
+    contexts = ds["train"]["context"]
+    assert all(c.count("|") == 3 and c.endswith("|") for c in contexts)
+    segments = [seg for c in contexts for seg in c.split("|")[:-1]]
+    noise_lens = np.array([len(PAIR.sub("", seg)) for seg in segments])
+    assert noise_lens.min() == 2 and noise_lens.max() == 6
+    observed = np.bincount(noise_lens - 2, minlength=5)
+    assert chi_square(observed, np.full(5, len(segments) / 5)) < CHI2_CRITICAL_0001[4]
+    pairs_per_segment = np.array([len(PAIR.findall(seg)) for seg in segments]).reshape(-1, 3).sum(axis=0)
+    assert chi_square(pairs_per_segment, np.full(3, 2 * len(contexts) / 3)) < CHI2_CRITICAL_0001[2]
+
+
+# noise_ratio r: noise characters per context, computed by hand as round(r (7 n_pairs + 1) / (1 - r)).
+NOISE_RATIO_TASKS = [(8, 0.25, 19), (8, 0.5, 57), (8, 0.75, 171), (16, 0.25, 38), (16, 0.5, 113), (16, 0.75, 339)]
+
+
+@pytest.mark.parametrize("n_pairs, ratio, n_noise", NOISE_RATIO_TASKS)
+def test_noise_ratio_contexts(n_pairs, ratio, n_noise):
+    cfg = kv.KVTaskConfig(n_pairs=n_pairs, noise_ratio=ratio)
+    ds, _ = kv.generate_kv_dataset(cfg, 200, 1, 1, seed=0)
+    alphabet = set(kv.kv_alphabet(62))
+    gaps = []  # for each pair, how many noise characters precede it
+    for s in ds["train"]:
+        ctx = s["context"]
+        pairs = PAIR.findall(ctx)
+        assert len(pairs) == n_pairs and len({k for k, _ in pairs}) == n_pairs
+        assert all(len(k) == 2 and len(v) == 2 for k, v in pairs)
+        noise = PAIR.sub("", ctx)
+        assert noise.endswith("|") and set(noise[:-1]) <= alphabet, "only whole pairs and alphabet noise"
+        assert len(noise) - 1 == n_noise
+        assert abs(n_noise / len(ctx) - ratio) <= 1 / (2 * len(ctx) - 1)
+        assert dict(pairs)[s["query"][2:-1]] + "!|" == s["target"]
+        gaps += [len(PAIR.sub("", ctx[: m.start()])) for m in PAIR.finditer(ctx)]
+    # each pair sits in one of the n_noise + 1 gaps, uniformly: chi-square over 4 bins of gaps
+    bins = 4 * np.arange(n_noise + 1) // (n_noise + 1)
+    expected = np.bincount(bins, minlength=4) / (n_noise + 1) * len(gaps)
+    observed = np.bincount(bins[gaps], minlength=4)
+    assert chi_square(observed, expected) < CHI2_CRITICAL_0001[3]
+
+
+def test_noise_ratio_is_deterministic_per_seed():
+    cfg = kv.KVTaskConfig(n_pairs=4, noise_ratio=0.5, vocab_size=30)
+    a, _ = kv.generate_kv_dataset(cfg, 300, 20, 20, seed=5, chunk_size=64)
+    b, _ = kv.generate_kv_dataset(cfg, 300, 20, 20, seed=5, chunk_size=64)
+    c, _ = kv.generate_kv_dataset(cfg, 300, 20, 20, seed=6, chunk_size=64)
+    for split in a:
+        assert a[split].data.table.equals(b[split].data.table)
+        assert a[split]["context"] != c[split]["context"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(noise_ratio=1.0), "out of range: choose 0 <= noise_ratio < 1"),
+    (dict(noise_ratio=-0.1), "out of range"),
+    (dict(noise_ratio=0.5, n_segments=2), "leave n_segments, min_segment_len and max_segment_len"),
+    (dict(noise_ratio=0.5, max_segment_len=10), "leave n_segments"),
+    (dict(noise_ratio=0.5, n_pairs=0, max_segment_len=3), "with n_pairs >= 1"),
+    (dict(noise_ratio=0.001, n_pairs=1), "rounds to no noise character"),
+    (dict(noise_ratio=0.9999, n_pairs=128), "exceed the limit of 65536"),
+])
+def test_noise_ratio_errors(kwargs, message):
+    with pytest.raises(kv.KVDataError, match=message):
+        kv.KVTaskConfig(**kwargs)
 
 
 def test_copy_task():
@@ -159,6 +248,9 @@ def test_folder_names():
     assert kv.dataset_folder_name(kv.KVTaskConfig(n_pairs=8), 100_000) == "N8-K2V2-V62_100K"
     noisy = kv.KVTaskConfig(n_pairs=8, n_segments=2, min_segment_len=100, max_segment_len=200)
     assert kv.dataset_folder_name(noisy, 1500) == "N8-K2V2-V62_S2(100-200)_1500"
+    published = [kv.dataset_folder_name(kv.KVTaskConfig(n_pairs=n, noise_ratio=r), 1_000_000)
+                 for n in (8, 16) for r in (0.25, 0.5, 0.75)]
+    assert published == [f"N{n}-K2V2-V62_noise_{r}_1M" for n in (8, 16) for r in ("0.25", "0.5", "0.75")]
 
 
 @pytest.mark.parametrize("vocab_size", [62, 512])
@@ -262,6 +354,20 @@ def test_cli_end_to_end(tmp_path):
     assert run_cli(*args, "--overwrite", "--seed", "1", cwd=tmp_path).returncode == 0
     assert kv.load_kv_dataset(path)["train"]["context"] != ds["train"]["context"]
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["N4-K2V2-V62_2K"]
+
+
+def test_cli_noise_and_segment_flags_reach_the_data(tmp_path):
+    common = ["--n_pairs", "3", "--vocab_size", "20", "--n_train", "400", "--n_valid", "10", "--n_test", "10",
+              "--out", str(tmp_path)]
+    assert kv.main([*common, "--n_segments", "3", "--min_segment_len", "2", "--max_segment_len", "6"]) == 0
+    contexts = kv.load_kv_dataset(tmp_path / "N3-K2V2-V20_S3(2-6)_400")["train"]["context"]
+    assert all(c.count("|") == 3 and len(PAIR.findall(c)) == 3 for c in contexts)
+    assert {len(PAIR.sub("", seg)) for c in contexts for seg in c.split("|")[:-1]} == {2, 3, 4, 5, 6}
+    assert set("".join(PAIR.sub("", c) for c in contexts)) <= set(kv.kv_alphabet(20) + "|")
+
+    assert kv.main([*common, "--noise_ratio", "0.6"]) == 0  # 3 pairs of 7 and '|': 22 characters, 33 of noise
+    contexts = kv.load_kv_dataset(tmp_path / "N3-K2V2-V20_noise_0.6_400")["train"]["context"]
+    assert {len(c) for c in contexts} == {55} and {len(PAIR.sub("", c)) for c in contexts} == {34}
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):
