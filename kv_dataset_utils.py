@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -409,25 +410,152 @@ def save_dataset_atomically(dataset, card: dict, path: str | os.PathLike, *, ove
     return path
 
 
-def load_kv_dataset(path: str | os.PathLike):
-    """Load a dataset written by this module, checking that it exists and has the KV columns."""
+def load_kv_dataset(path: str | os.PathLike, *, cache_dir: str | None = None):
+    """Load KV data from ``path``: a folder written by this module or by ``save_to_disk`` (the
+    download script's copies of the published datasets), or a copy of a hub dataset repository
+    (``data/<split>-*.parquet``, read with ``datasets.load_dataset``, which caches in ``cache_dir``).
+
+    Splits named ``validation``/``val``/``dev`` become ``valid``; a split holding
+    ``input_sequence`` (context + query, as the reference generator writes it) instead of
+    ``context`` and ``query`` is split at the context's last '|'. Other columns are kept.
+    """
     import datasets
 
     path = Path(path)
     if not path.exists():
         raise KVDataError(f"dataset path {path} does not exist: generate one with "
-                          f"`python kv_dataset_utils.py --out data/ ...` or fix --data_path.")
-    try:
+                          f"`python kv_dataset_utils.py --out data/ ...`, fetch the published ones with "
+                          f"scripts/download_kv_retrieval.sh, or fix --data_path.")
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         ds = datasets.load_from_disk(str(path))
-    except FileNotFoundError as e:
-        raise KVDataError(f"{path} is not a saved dataset ({e}); point --data_path at a folder "
-                          f"written by kv_dataset_utils.py.") from None
-    for split_name, split in (ds.items() if isinstance(ds, datasets.DatasetDict) else [("", ds)]):
-        missing = [c for c in COLUMNS if c not in split.column_names]
-        if missing:
-            raise KVDataError(f"dataset {path} split '{split_name}' lacks columns {missing} "
-                              f"(has {split.column_names}); KV data needs columns {list(COLUMNS)}.")
-    return ds
+    elif any(path.rglob("*.parquet")):
+        ds = datasets.load_dataset(str(path), cache_dir=cache_dir)
+    else:
+        raise KVDataError(f"{path} is not a saved dataset (no dataset_dict.json, state.json or parquet "
+                          f"files); point --data_path at a folder written by kv_dataset_utils.py or "
+                          f"scripts/download_kv_retrieval.sh.")
+    if not isinstance(ds, datasets.DatasetDict):
+        return _with_kv_columns(ds, path, "")
+    return datasets.DatasetDict({name: _with_kv_columns(split, path, name)
+                                 for name, split in _canonical_splits(ds, path).items()})
+
+
+SPLIT_ALIASES = {"validation": "valid", "val": "valid", "dev": "valid"}
+
+
+def _canonical_splits(ds, path) -> dict:
+    """Split name -> split, with hub-style names mapped to ours (``validation`` -> ``valid``)."""
+    out = {}
+    for name, split in ds.items():
+        canonical = SPLIT_ALIASES.get(name, name)
+        if canonical in out:
+            raise KVDataError(f"dataset {path} has two splits that both mean '{canonical}' ({sorted(ds)}): "
+                              f"keep one of them.")
+        out[canonical] = split
+    return out
+
+
+def _with_kv_columns(split, path, split_name: str):
+    """``split`` with the ``context``, ``query`` and ``target`` columns, or a KVDataError."""
+    have = set(split.column_names)
+    if {"context", "query"} - have and "input_sequence" in have:
+        split = split.map(_split_input_sequence, batched=True, keep_in_memory=True,
+                          remove_columns=[c for c in ("context", "query") if c in have])
+    missing = [c for c in COLUMNS if c not in split.column_names]
+    if missing:
+        raise KVDataError(f"dataset {path} split '{split_name}' lacks columns {missing} "
+                          f"(has {split.column_names}); KV data needs columns {list(COLUMNS)}.")
+    return split
+
+
+def _split_input_sequence(batch: dict) -> dict:
+    """``input_sequence`` = context + query, where the context ends with its last '|' (the query has none)."""
+    for s in batch["input_sequence"]:
+        if "|" not in s:
+            raise KVDataError(f"input_sequence {s!r} has no '|' ending a context, so it cannot be split "
+                              f"into context and query: give the data context and query columns.")
+    cut = [s.rindex("|") + 1 for s in batch["input_sequence"]]
+    return {"context": [s[:i] for s, i in zip(batch["input_sequence"], cut)],
+            "query": [s[i:] for s, i in zip(batch["input_sequence"], cut)]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The published datasets (https://huggingface.co/yurakuratov)
+# ---------------------------------------------------------------------------------------------
+
+PUBLISHED_NAMESPACE = "yurakuratov"
+PUBLISHED_DATASETS = (tuple(f"N{n}-K2V2-V62_1M" for n in (4, 8, 16, 32, 64, 96, 128))
+                      + tuple(f"N{n}-K2V2-V62_noise_{r}_1M" for n in (8, 16) for r in (0.25, 0.5, 0.75)))
+_PUBLISHED_NAME = re.compile(r"N(\d+)-K(\d+)V(\d+)-V(\d+)(?:_noise_([0-9.]+))?_1M")
+
+
+def generator_args(name: str) -> list[str] | None:
+    """The generator flags that make a dataset with this published folder name, or None."""
+    match = _PUBLISHED_NAME.fullmatch(name)
+    if match is None:
+        return None
+    n_pairs, key_len, value_len, vocab_size, noise_ratio = match.groups()
+    args = ["--n_pairs", n_pairs, "--key_len", key_len, "--value_len", value_len, "--vocab_size", vocab_size]
+    if noise_ratio:
+        args += ["--noise_ratio", noise_ratio]
+    return args + ["--n_train", "1000000", "--n_valid", "5000", "--n_test", "5000"]
+
+
+def download_published(name: str, out: str | os.PathLike = "data/", *, overwrite: bool = False) -> Path:
+    """``datasets.load_dataset("yurakuratov/NAME")`` saved to ``OUT/NAME`` with a ``dataset_card.json``
+    naming its source; written to a temporary folder, checked with ``load_kv_dataset``, then renamed."""
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    from io_utils import atomic_directory
+
+    path, repo = Path(out) / name, f"{PUBLISHED_NAMESPACE}/{name}"
+    if path.exists() and not overwrite:
+        raise KVDataError(f"output folder {path} already exists: pass --overwrite to replace it.")
+    try:
+        ds = datasets.load_dataset(repo)
+    except ConnectionError as e:
+        one = generator_args(name)
+        one = f"`python kv_dataset_utils.py {' '.join(one)} --out {out}`, or " if one else ""
+        raise KVDataError(
+            f"cannot reach the Hugging Face hub for {repo} ({e}). Without hub access, generate it here "
+            f"with {one}the whole family with scripts/make_kv_datasets.sh: the same folder names and task "
+            f"parameters, other samples.") from None
+    except DatasetNotFoundError:
+        raise KVDataError(f"{repo} is not on the hub: the published datasets are "
+                          f"{', '.join(PUBLISHED_DATASETS)}.") from None
+    with atomic_directory(path, overwrite=overwrite) as tmp:
+        ds.save_to_disk(str(tmp))
+        sizes = {split: len(rows) for split, rows in load_kv_dataset(tmp).items()}
+        card = {"name": name, "source": f"https://huggingface.co/datasets/{repo}", "splits": sizes}
+        (tmp / "dataset_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    return path
+
+
+def download_main(argv=None) -> int:
+    """What scripts/download_kv_retrieval.sh runs."""
+    import datasets
+    from huggingface_hub.utils import logging as hub_logging
+
+    p = argparse.ArgumentParser(description="Fetch the published KV-retrieval datasets into OUT/NAME.")
+    p.add_argument("names", nargs="*", default=list(PUBLISHED_DATASETS),
+                   help="datasets to fetch (default: all of them)")
+    p.add_argument("--out", default="data/", help="parent folder of the datasets")
+    p.add_argument("--overwrite", action="store_true", help="fetch again datasets already in OUT")
+    args = p.parse_args(argv)
+    datasets.logging.set_verbosity_error()  # hub retries would bury the one message that matters
+    hub_logging.set_verbosity_error()
+    for name in args.names:
+        if (Path(args.out) / name).exists() and not args.overwrite:
+            print(f"{Path(args.out) / name} exists, skipped (--overwrite fetches it again)")
+            continue
+        try:
+            path = download_published(name, args.out, overwrite=args.overwrite)
+        except KVDataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {path}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import subprocess
 import sys
@@ -321,6 +322,113 @@ def test_error_missing_path_and_columns(tmp_path):
         kv.load_kv_dataset(tmp_path / "bad")
     with pytest.raises(kv.KVDataError, match="no tokenizer at"):
         kv.load_tokenizer(tmp_path)
+
+
+PUBLISHED_TASK = kv.KVTaskConfig(n_pairs=3, n_segments=2, max_segment_len=4)  # contexts hold two '|'
+
+
+def published_fixture(split_names=("train", "validation", "test"), columns=("context", "query", "target")):
+    """Our train/valid/test, renamed as a hub dataset might name them, plus the reference generator's
+    ``input_sequence`` column (context + query); of ours, only ``columns`` are kept."""
+    import datasets
+
+    ours, _ = kv.generate_kv_dataset(PUBLISHED_TASK, 40, 10, 10, seed=0)
+    out = {}
+    for name, split in zip(split_names, ours.values()):
+        data = {c: split[c] for c in kv.COLUMNS}
+        data["input_sequence"] = [c + q for c, q in zip(split["context"], split["query"])]
+        out[name] = datasets.Dataset.from_dict({c: data[c] for c in (*columns, "input_sequence")})
+    return ours, datasets.DatasetDict(out)
+
+
+def write_hub_repository(ds, path, card=True):
+    """The files of a hub dataset repository: data/<split>-00000-of-00001.parquet and a README whose
+    YAML header lists the splits, as push_to_hub writes them."""
+    (path / "data").mkdir(parents=True)
+    for name, split in ds.items():
+        split.to_parquet(path / "data" / f"{name}-00000-of-00001.parquet")
+    if card:
+        files = "".join(f"  - split: {name}\n    path: data/{name}-*\n" for name in ds)
+        (path / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n{files}---\n")
+
+
+@pytest.mark.parametrize("layout", ["save_to_disk", "hub_repository", "hub_repository_without_card",
+                                    "input_sequence_only"])
+def test_load_published_layouts(tmp_path, layout):
+    columns = ("target",) if layout == "input_sequence_only" else kv.COLUMNS
+    ours, published = published_fixture(columns=columns)
+    if layout.startswith("hub_repository"):
+        write_hub_repository(published, tmp_path / "repo", card=layout == "hub_repository")
+        ds = kv.load_kv_dataset(tmp_path / "repo", cache_dir=str(tmp_path / "cache"))
+    else:
+        published.save_to_disk(str(tmp_path / "repo"))
+        ds = kv.load_kv_dataset(tmp_path / "repo")
+    assert sorted(ds) == ["test", "train", "valid"]
+    for split in ds:
+        for column in kv.COLUMNS:
+            assert ds[split][column] == ours[split][column], (split, column)
+
+
+@pytest.mark.parametrize("split_names, columns, message", [
+    (("train", "valid", "validation"), kv.COLUMNS, r"two splits that both mean 'valid'"),
+    (("train", "validation", "test"), ("context", "query"), r"split 'train' lacks columns \['target'\]"),
+    (("train", "validation", "test"), ("target",), r"input_sequence '.*' has no '\|'"),
+], ids=["two_valid_splits", "no_target", "input_sequence_without_bar"])
+def test_load_published_layout_errors(tmp_path, split_names, columns, message):
+    _, published = published_fixture(split_names, columns)
+    if columns == ("target",):  # input_sequence with its context's '|' cut off
+        published = published.map(lambda s: {"input_sequence": s["input_sequence"].replace("|", "")})
+    published.save_to_disk(str(tmp_path / "repo"))
+    with pytest.raises(kv.KVDataError, match=message):
+        kv.load_kv_dataset(tmp_path / "repo")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(kv.KVDataError, match="not a saved dataset.*download_kv_retrieval"):
+        kv.load_kv_dataset(tmp_path / "empty")
+
+
+def test_download_saves_the_published_dataset_checked(tmp_path, monkeypatch):
+    import datasets
+
+    ours, published = published_fixture()
+    fetched = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda repo: fetched.append(repo) or published)
+    path = kv.download_published("N16-K2V2-V62_noise_0.5_1M", tmp_path / "data")
+    assert fetched == ["yurakuratov/N16-K2V2-V62_noise_0.5_1M"] and path == tmp_path / "data" / "N16-K2V2-V62_noise_0.5_1M"
+    ds = kv.load_kv_dataset(path)
+    assert ds["valid"]["context"] == ours["valid"]["context"]
+    card = json.loads((path / "dataset_card.json").read_text())
+    assert card["source"] == "https://huggingface.co/datasets/yurakuratov/N16-K2V2-V62_noise_0.5_1M"
+    assert card["splits"] == {"train": 40, "valid": 10, "test": 10}
+
+    _, broken = published_fixture(columns=("context", "query"))
+    monkeypatch.setattr(datasets, "load_dataset", lambda repo: broken)
+    with pytest.raises(kv.KVDataError, match=r"lacks columns \['target'\]"):
+        kv.download_published("N8-K2V2-V62_1M", tmp_path / "data")
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["N16-K2V2-V62_noise_0.5_1M"]
+
+
+def test_download_script_without_the_hub_says_one_thing(tmp_path):
+    (tmp_path / "data" / "N4-K2V2-V62_1M").mkdir(parents=True)
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "download_kv_retrieval.sh"), "N4-K2V2-V62_1M",
+                        "N16-K2V2-V62_noise_0.5_1M", "N32-K2V2-V62_1M"], capture_output=True, text=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "PY": sys.executable, "OUT": str(tmp_path / "data")})
+    assert r.returncode == 2
+    assert "N4-K2V2-V62_1M exists, skipped" in r.stdout
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: cannot reach the Hugging Face hub for yurakuratov/N16-K2V2-V62_noise_0.5_1M")
+    assert "scripts/make_kv_datasets.sh" in r.stderr
+    assert f"--n_pairs 16 --key_len 2 --value_len 2 --vocab_size 62 --noise_ratio 0.5" in r.stderr
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["N4-K2V2-V62_1M"]
+
+
+def test_generator_makes_every_published_name():
+    assert len(kv.PUBLISHED_DATASETS) == 13
+    for name in kv.PUBLISHED_DATASETS:
+        args = kv.build_arg_parser().parse_args(kv.generator_args(name))
+        cfg = kv.KVTaskConfig(n_pairs=args.n_pairs, key_len=args.key_len, value_len=args.value_len,
+                              vocab_size=args.vocab_size, noise_ratio=args.noise_ratio)
+        assert kv.dataset_folder_name(cfg, args.n_train) == name
+    assert kv.generator_args("something_else") is None
 
 
 def test_atomic_save_leaves_nothing_half_written(tmp_path, monkeypatch):
