@@ -7,11 +7,15 @@ A sample is ``{context, query, target}``::
     target   7f!|
 
 The context holds ``n_pairs`` ``!key:value!`` pairs at random positions, optionally inside
-random-character noise. Keys are unique within a sample; values may repeat. With ``n_pairs=0``
-(the copy task) the query is ``?`` and the target is the context itself.
+random-character noise (segments of bounded length, or a set fraction of the context). Keys are
+unique within a sample; values may repeat. With ``n_pairs=0`` (the copy task) the query is ``?`` and
+the target is the context itself.
 
 Generation is vectorised with numpy over chunks of samples and writes Arrow string buffers
 directly, so a million samples take seconds, not minutes.
+
+``load_kv_dataset`` reads these datasets and the published ones (``yurakuratov/`` on the hub), which
+``download_published`` fetches.
 """
 from __future__ import annotations
 

@@ -417,7 +417,7 @@ def test_download_script_without_the_hub_says_one_thing(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: cannot reach the Hugging Face hub for yurakuratov/N16-K2V2-V62_noise_0.5_1M")
     assert "scripts/make_kv_datasets.sh" in r.stderr
-    assert f"--n_pairs 16 --key_len 2 --value_len 2 --vocab_size 62 --noise_ratio 0.5" in r.stderr
+    assert "--n_pairs 16 --key_len 2 --value_len 2 --vocab_size 62 --noise_ratio 0.5" in r.stderr
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["N4-K2V2-V62_1M"]
 
 
