@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +99,8 @@ def memory_rows(cfg: CompareConfig, key_corr: float, model: str, correct: torch.
     ``(metric, x, value)`` triples."""
     base = {"key_corr": key_corr, "model": model, "d": cfg.d, "seq_len": cfg.seq_len,
             "context_size": cfg.context_size, "n_eval": cfg.n_eval}
-    triples = [("acc_by_offset", o, a) for o, a in enumerate(accuracy_by_offset(correct, at_step=cfg.seq_len - 1).tolist())]
+    last = accuracy_by_offset(correct, at_step=cfg.seq_len - 1)
+    triples = [("acc_by_offset", o, a) for o, a in enumerate(last.tolist())]
     triples += [("retrievable", t, r) for t, r in enumerate(retrievable_pairs(correct).tolist())]
     return [{**base, "metric": m, "x": x, "value": f"{v:.6g}"} for m, x, v in [*triples, *extra]]
 

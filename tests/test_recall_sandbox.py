@@ -171,14 +171,14 @@ def test_the_learned_inner_lr_moves_in_a_short_training_run(lr_mode):
 # ------------------------------------------------------------------ recall metrics
 
 def test_recall_metrics_count_by_offset_and_time():
-    correct = torch.zeros(2, 3, 3, dtype=torch.bool)
-    correct[0, 0, 0] = correct[0, 1, 1] = correct[0, 2, 2] = correct[0, 2, 0] = True  # offsets 0, 0, 0, 2
-    correct[1, 1, 0] = correct[1, 2, 1] = True  # offsets 1, 1
-    # offset 0: 3 of 6 queries right; offset 1: 2 of 4; offset 2: 1 of 2
-    torch.testing.assert_close(accuracy_by_offset(correct), torch.tensor([0.5, 0.5, 0.5]))
-    last = accuracy_by_offset(correct, at_step=2)  # after write 2: offset 0 is query 2, offset 2 is query 0
-    torch.testing.assert_close(last, torch.tensor([0.5, 0.5, 0.5]))
-    assert accuracy_by_offset(correct, at_step=1)[-1].isnan() and accuracy_by_offset(correct, at_step=1)[1] == 0.5
+    correct = torch.zeros(2, 3, 3, dtype=torch.bool)  # [b, t, i]: query i answered right after write t
+    correct[0, 0, 0] = correct[0, 1, 0] = correct[0, 2, 2] = correct[0, 2, 1] = True
+    correct[1, 1, 1] = correct[1, 2, 2] = True
+    # offsets t - i: sample 0 has 0, 1, 0, 1 right; sample 1 has 0, 0. Queries per offset: 6, 4, 2
+    torch.testing.assert_close(accuracy_by_offset(correct), torch.tensor([4 / 6, 2 / 4, 0.0]))
+    torch.testing.assert_close(accuracy_by_offset(correct, at_step=2), torch.tensor([1.0, 0.5, 0.0]))
+    after_1 = accuracy_by_offset(correct, at_step=1)
+    assert after_1[:2].tolist() == [0.5, 0.5] and after_1[2].isnan()
     torch.testing.assert_close(retrievable_pairs(correct), torch.tensor([0.5, 1.0, 1.5]))
 
 
