@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from cli import check_config, option
+from inner_optimizers import INNER_UPDATES, adam_update, safe_sqrt, sgd_update  # noqa: F401 (re-exported)
 from memory_model import MemoryModel, MemoryModelOutput
 
 GRAD_MODES = ("none", "first", "second")
@@ -98,36 +99,6 @@ class GradMemConfig:
             warnings.warn("inner_optimizer='adam' with K=1: the only WRITE step is a sign step, so almost no "
                           "second-order gradient reaches the weights through WRITE (measured: ~3e-4 of what SGD "
                           "passes); use inner_optimizer='sgd' or K >= 2", stacklevel=2)
-
-
-# ---------------------------------------------------------------------------------------------
-# Inner optimisers: pure functions of (grads, state, step), differentiable in every argument.
-# ---------------------------------------------------------------------------------------------
-
-def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
-    """sqrt with derivative 0 (not inf) at 0, so double backward through zero gradients stays finite."""
-    positive = x > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
-
-
-def sgd_update(grads, opt_state, step, *, lr, **unused):
-    """Update to subtract: ``lr * g``."""
-    return [lr * g for g in grads], opt_state
-
-
-def adam_update(grads, opt_state, step, *, lr, betas, eps):
-    """Adam (Kingma & Ba) as a pure function; ``step`` counts from 0. Matches ``torch.optim.Adam``:
-    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``, update ``lr m_hat / (sqrt(v_hat) + eps)``."""
-    b1, b2 = betas
-    m, v = opt_state if opt_state is not None else ([torch.zeros_like(g) for g in grads],) * 2
-    m = [b1 * mi + (1 - b1) * g for mi, g in zip(m, grads)]
-    v = [b2 * vi + (1 - b2) * g * g for vi, g in zip(v, grads)]
-    t = step + 1
-    updates = [lr / (1 - b1 ** t) * mi / (safe_sqrt(vi / (1 - b2 ** t)) + eps) for mi, vi in zip(m, v)]
-    return updates, (m, v)
-
-
-INNER_UPDATES = {"sgd": sgd_update, "adam": adam_update}
 
 
 def per_sample_norm(tensors) -> torch.Tensor:
