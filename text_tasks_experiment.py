@@ -44,7 +44,7 @@ class TextExperimentConfig:
     models: tuple[str, ...] = option(("gradmem", "full_context", "closed_book", "rmt"), "models to train")
     n_train: int = option(4000, "generated training samples per task")
     n_valid: int = option(100, "generated validation and test samples per task")
-    max_steps: int = option(100, "optimizer steps per run (the same for every model)")
+    max_steps: int = option(50, "optimizer steps per run (the same for every model)")
     max_train_minutes: float = option(25.0, "wall-clock cap per run")
     batch_size: int = option(8, "samples per step")
     learning_rate: float = option(2e-4, "outer learning rate")
