@@ -19,6 +19,10 @@ Inner-loss term (training only, ``inner_loss_weight`` w > 0): the outer loss gai
 ``inner_loss_memory``: ``final`` takes L_write(M_K) at the memory READ sees, one more WRITE forward whose
 gradient then flows back through every inner step; ``last_step`` takes L_write(M_{K-1}), the loss the last
 inner step computed anyway (free; the official implementation's term), its graph kept for the outer gradient.
+
+Recomputation (``recompute_inner_steps``): a second-order step keeps only its inputs, and its graph is
+rebuilt during the outer backward, ``recompute_chunks`` batch chunks at a time. The last chunk of the last
+step is never rebuilt: its graph is the first the outer backward needs, and no bigger than a rebuilt one.
 """
 from __future__ import annotations
 
@@ -72,10 +76,12 @@ class GradMemConfig:
                                     "last inner step computed anyway, free (the official implementation's term)",
                                     choices=INNER_LOSS_MEMORIES)
     gradient_checkpointing: bool = option(False, "recompute LM activations in the backward pass")
-    recompute_inner_steps: bool = option(False, "keep only each inner step's input and rebuild its graph during "
-                                         "the outer backward: memory no longer grows with K, gradients unchanged")
-    recompute_chunks: int = option(1, "with recompute_inner_steps: run each step, and rebuild its graph, this many "
-                                   "batch chunks at a time (samples are independent): step memory falls ~1/chunks")
+    recompute_inner_steps: bool = option(False, "keep only each second-order inner step's input and rebuild its "
+                                         "graph during the outer backward (all but the last step, whose graph the "
+                                         "backward needs first): memory no longer grows with K, gradients unchanged")
+    recompute_chunks: int = option(1, "with recompute_inner_steps: run each step, and rebuild its graph, in this "
+                                   "many batch chunks (samples are independent; the last step keeps its last "
+                                   "chunk's graph): step memory falls ~1/chunks")
     attn_implementation: str | None = option(None, "switch the LM's attention, e.g. gradmem_manual (a "
                                              "double-differentiable kernel from attn_double_bwd); None keeps it")
 
@@ -402,7 +408,7 @@ class GradMemGPT(MemoryModel):
                 keep_loss = term_from_last_step and last
                 # only a second-order step keeps a graph worth trading for recomputation
                 if c.recompute_inner_steps and second_order:
-                    out = self._recomputed_inner_step(state, opt_state, context_input_ids, step, keep_last_chunk=False,
+                    out = self._recomputed_inner_step(state, opt_state, context_input_ids, step, keep_last_chunk=last,
                                                       keep_loss=keep_loss)
                 else:
                     out = self.inner_step(state, opt_state, context_input_ids, step, create_graph=second_order,

@@ -141,6 +141,31 @@ def test_recomputation_gives_identical_gradients(K, inner_optimizer, chunks, inn
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("K,chunks,rebuilt", [(1, 1, 0), (1, 2, 1), (2, 1, 1), (2, 2, 3), (3, 2, 5)])
+def test_recomputation_rebuilds_all_but_the_last_chunk_of_the_last_step(K, chunks, rebuilt, monkeypatch):
+    """Each second-order chunk runs once forward; every chunk but the last of the last step runs again in the
+    backward (K=1 in one chunk rebuilds nothing: recomputation then costs nothing), and only after the
+    outer backward has gone through the kept chunk, whose graph is then freed."""
+    model = make(K=K, recompute_inner_steps=True, recompute_chunks=chunks)
+    inner_step, events, phase = model.inner_step, [], ["forward"]
+
+    def spy(state, *args, create_graph, **kwargs):
+        if phase[0] == "backward":
+            events.append("rebuild")
+        elif create_graph:  # a chunk that keeps its graph: note when the outer backward has gone through it
+            state[0].register_hook(lambda g: events.append("kept chunk done") if phase[0] == "backward" else None)
+        else:
+            events.append("forward only")
+        return inner_step(state, *args, create_graph=create_graph, **kwargs)
+
+    monkeypatch.setattr(model, "inner_step", spy)
+    loss = model(**kv_batch(4)).loss
+    phase[0] = "backward"
+    loss.backward()
+    assert events.count("forward only") == K * chunks - 1 and events.count("rebuild") == rebuilt
+    assert "rebuild" not in events[:events.index("kept chunk done")]
+
+
 def test_grad_mode_none_leaves_mem_init_untrained():
     model = make(K=2, grad_mode="none")
     out = model(**kv_batch(3))
