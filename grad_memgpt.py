@@ -395,6 +395,7 @@ class GradMemGPT(MemoryModel):
         """
         c = self.config
         K = c.K if K is None else K
+        context_input_ids = self.trim_padding(context_input_ids)  # every inner step then skips the all-pad columns
         outer = torch.is_grad_enabled() and c.grad_mode != "none"
         n_second = 0 if not (outer and c.grad_mode == "second") else min(K, c.last_K_second_order or K)
         wants_term = c.inner_loss_weight > 0 and torch.is_grad_enabled() and self.training

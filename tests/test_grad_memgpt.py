@@ -138,7 +138,7 @@ def test_recomputation_gives_identical_gradients(K, inner_optimizer, chunks, inn
     for a, b in zip(*grads):
         assert (a is None) == (b is None)
         if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)  # chunks of other sizes round differently
 
 
 @pytest.mark.parametrize("K,chunks,rebuilt", [(1, 1, 0), (1, 2, 1), (2, 1, 1), (2, 2, 3), (3, 2, 5)])
@@ -164,6 +164,21 @@ def test_recomputation_rebuilds_all_but_the_last_chunk_of_the_last_step(K, chunk
     loss.backward()
     assert events.count("forward only") == K * chunks - 1 and events.count("rebuild") == rebuilt
     assert "rebuild" not in events[:events.index("kept chunk done")]
+
+
+def test_write_skips_columns_that_are_padding_in_every_row(monkeypatch):
+    model = make(K=2, inner_lr=1.0, inner_loss_weight=0.5, recompute_inner_steps=True)
+    batch = kv_batch(3)
+    padded = dict(batch, context_input_ids=F.pad(batch["context_input_ids"], (0, 9)))  # 9 more all-pad columns
+    widths, context_nll = [], model.context_nll
+    monkeypatch.setattr(model, "context_nll", lambda prefix, ids, head=None: widths.append(ids.shape[1]) or
+                        context_nll(prefix, ids, head))
+    params = list(model.parameters())
+    grads = [grads_of(model(**b).loss, params) for b in (batch, padded)]
+    assert set(widths) == {int((batch["context_input_ids"] != 0).sum(1).max())}
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    assert model.trim_padding(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 1)
 
 
 def test_grad_mode_none_leaves_mem_init_untrained():
