@@ -378,9 +378,9 @@ class GradMemGPT(MemoryModel):
                                             *state, *opt_flat, *params)]
         if kept is not None:
             # built after the recomputed rows, so the outer backward runs through (and frees) it before rebuilding them
-            new_state, new_opt, loss, norm = self.inner_step([s[kept] for s in state], _unflat([t[kept] for t in opt_flat]),
-                                                             context_input_ids[kept], step, create_graph=True,
-                                                             keep_loss=keep_loss)
+            kept_state, kept_opt = [s[kept] for s in state], _unflat([t[kept] for t in opt_flat])
+            new_state, new_opt, loss, norm = self.inner_step(kept_state, kept_opt, context_input_ids[kept], step,
+                                                             create_graph=True, keep_loss=keep_loss)
             parts.append((*new_state, *_flat(new_opt), loss, norm))
         outputs = [torch.cat(pieces) for pieces in zip(*parts)]
         n = len(state)
