@@ -156,6 +156,9 @@ def summary_table(rows: list[dict]) -> str:
 
 
 def run_all(cfg: TextExperimentConfig) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(cfg.threads)  # the evaluations run in this process
     for task in cfg.tasks:
         task_flags(task, cfg)
     for model in cfg.models:
