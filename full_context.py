@@ -62,6 +62,8 @@ class FullContextLM(MemoryModel):
     def state_bytes_per_context(self, context_length: int | None = None, dtype=None) -> int:
         """Transformer: the KV cache, 2 x layers x length x (kv heads x head dim) values.
         Mamba: per layer, the SSM state ``[d_inner, d_state]`` and conv state ``[d_inner, d_conv]``."""
+        if hasattr(self.lm, "state_bytes_per_context"):  # the MQAR models count their own cache or state
+            return self.lm.state_bytes_per_context(context_length, dtype=dtype or self.embed_dtype)
         c = self.lm.config
         size = torch.empty((), dtype=dtype or self.embed_dtype).element_size()
         if c.model_type == "mamba":
