@@ -112,7 +112,7 @@ def run_one(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_from: str
 
     rows = []
     for k_test in (range(1, 2 * K + 1) if K is not None else [None]):
-        r = run_evaluation(exp, split="test", K=k_test)
+        r, _ = run_evaluation(exp, split="test", K=k_test, generate=False)
         steps = _last_step(exp)
         status = "ok" if math.isfinite(r["loss"]) else "diverged"
         rows.append({**base, "K_test": k_test if k_test is not None else "", "exact_match": round(r["exact_match"], 4),
@@ -137,9 +137,9 @@ def read_rows(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
+def write_rows(path: Path, rows: list[dict], columns=COLUMNS) -> None:
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
 

@@ -36,9 +36,9 @@ def main() -> int:
     print(f"data: {data_path}")
     run_experiment(GradMemGPT, [*RECIPE, "--data_path", str(data_path), "--exp_path", str(EXP_PATH)],
                    description=__doc__)
-    result = run_evaluation(EXP_PATH, split="test")
+    result, _ = run_evaluation(EXP_PATH, split="test")
     print(f"test samples: {result['n_samples']}, state per context: {result['state_bytes_per_context']} bytes")
-    print(f"exact_match: {result['exact_match']:.4f}")
+    print(f"exact_match: {result['exact_match']:.4f} (teacher-forced), {result['generated_exact_match']:.4f} (generated)")
     print(f"run: {EXP_PATH.resolve()}  (tensorboard --logdir {EXP_PATH / 'tensorboard'})")
     return 0
 

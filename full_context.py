@@ -1,4 +1,6 @@
-"""The non-compressive baselines: a causal LM (transformer or Mamba) that reads ``[context; query]``.
+"""The non-compressive baselines: a causal LM (transformer or Mamba) that reads ``[context; query]``,
+and, with ``closed_book=True``, the closed-book baseline that reads the query alone (no context, no memory):
+the gap between the two is what the context, and so a memory of it, can carry.
 
 Same interface as the memory models: ``write`` keeps the context itself (its state after reading is the
 KV cache, or Mamba's recurrent and convolution state), ``read`` runs the LM over the context with the
@@ -10,12 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
+from cli import option
 from memory_model import MemoryModel, MemoryModelOutput, causal_lm_loss
 
 
 @dataclass
 class FullContextConfig:
-    """The full-context model has no options of its own; the backbone config says everything."""
+    """The backbone config says everything about the LM; the one option is what it reads."""
+
+    closed_book: bool = option(False, "closed-book baseline: read the query alone (no context, no memory)")
 
 
 class FullContextLM(MemoryModel):
@@ -26,7 +31,9 @@ class FullContextLM(MemoryModel):
         super().__init__(lm, config or FullContextConfig())
 
     def write(self, context_input_ids: torch.Tensor, K=None, return_stats: bool = False):
-        """The context is kept whole: the "memory" is ``context_input_ids [B, S]``."""
+        """The context is kept whole: the "memory" is ``context_input_ids [B, S]`` (``[B, 0]`` closed-book)."""
+        if self.config.closed_book:
+            context_input_ids = context_input_ids[:, :0]
         return (context_input_ids, {}) if return_stats else context_input_ids
 
     def pack(self, context_input_ids, query_input_ids):
@@ -62,10 +69,12 @@ class FullContextLM(MemoryModel):
     def state_bytes_per_context(self, context_length: int | None = None, dtype=None) -> int:
         """Transformer: the KV cache, 2 x layers x length x (kv heads x head dim) values.
         Mamba: per layer, the SSM state ``[d_inner, d_state]`` and conv state ``[d_inner, d_conv]``."""
-        if hasattr(self.lm, "state_bytes_per_context"):  # the MQAR models count their own cache or state
-            return self.lm.state_bytes_per_context(context_length, dtype=dtype or self.embed_dtype)
         c = self.lm.config
         size = torch.empty((), dtype=dtype or self.embed_dtype).element_size()
+        if self.config.closed_book:
+            return 0
+        if hasattr(self.lm, "state_bytes_per_context"):  # the MQAR models count their own cache or state
+            return self.lm.state_bytes_per_context(context_length, dtype=dtype or self.embed_dtype)
         if c.model_type == "mamba":
             return c.num_hidden_layers * c.intermediate_size * (c.state_size + c.conv_kernel) * size
         if context_length is None:

@@ -7,11 +7,15 @@ A sample is ``{context, query, target}``::
     target   7f!|
 
 The context holds ``n_pairs`` ``!key:value!`` pairs at random positions, optionally inside
-random-character noise. Keys are unique within a sample; values may repeat. With ``n_pairs=0``
-(the copy task) the query is ``?`` and the target is the context itself.
+random-character noise (segments of bounded length, or a set fraction of the context). Keys are
+unique within a sample; values may repeat. With ``n_pairs=0`` (the copy task) the query is ``?`` and
+the target is the context itself.
 
 Generation is vectorised with numpy over chunks of samples and writes Arrow string buffers
 directly, so a million samples take seconds, not minutes.
+
+``load_kv_dataset`` reads these datasets and the published ones (``yurakuratov/`` on the hub), which
+``download_published`` fetches.
 """
 from __future__ import annotations
 
@@ -19,10 +23,12 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +39,7 @@ BASE_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 # extended A/B, then Greek, then Cyrillic. Every one is a single UTF-16 code unit (< U+0800).
 EXTRA_ALPHABET_RANGES = ((0x00C0, 0x024F), (0x0391, 0x03C9), (0x0410, 0x044F))
 MAX_VOCAB_SIZE = 512
+MAX_CONTEXT_LEN = 1 << 16  # characters; the row hash has this many position multipliers
 SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
 PAD_ID = 0
 COLUMNS = ("context", "query", "target")
@@ -71,6 +78,7 @@ class KVTaskConfig:
     n_segments: int = 1
     min_segment_len: int = 0  # noise characters per segment, drawn uniformly in [min, max]
     max_segment_len: int = 0
+    noise_ratio: float = 0.0  # or: noise characters as this fraction of the context (one segment)
 
     def __post_init__(self):
         kv_alphabet(self.vocab_size)  # range check
@@ -87,6 +95,20 @@ class KVTaskConfig:
                 f"a sample, so lower n_pairs or raise key_len or vocab_size.")
         if self.n_pairs == 0 and self.max_segment_len == 0:
             raise KVDataError("the copy task (n_pairs=0) needs noise to copy: set max_segment_len > 0.")
+        if not 0 <= self.noise_ratio < 1:
+            raise KVDataError(f"noise_ratio={self.noise_ratio} is out of range: choose 0 <= noise_ratio < 1.")
+        if self.noise_ratio and (self.n_pairs == 0 or self.n_segments != 1 or self.max_segment_len):
+            raise KVDataError(
+                f"noise_ratio={self.noise_ratio} sets the noise of a one-segment context around its pairs: "
+                f"use it with n_pairs >= 1 and leave n_segments, min_segment_len and max_segment_len at "
+                f"their defaults (got n_pairs={self.n_pairs}, n_segments={self.n_segments}, "
+                f"max_segment_len={self.max_segment_len}).")
+        if self.noise_ratio and self.noise_chars == 0:
+            raise KVDataError(f"noise_ratio={self.noise_ratio} rounds to no noise character for {self.n_pairs} "
+                              f"pairs: raise noise_ratio.")
+        if self.max_context_len > MAX_CONTEXT_LEN:
+            raise KVDataError(f"contexts of up to {self.max_context_len} characters exceed the limit of "
+                              f"{MAX_CONTEXT_LEN}: lower n_pairs, the segment lengths or noise_ratio.")
 
     @property
     def n_distinct_keys(self) -> int:
@@ -97,18 +119,35 @@ class KVTaskConfig:
         return self.key_len + self.value_len + 3  # '!' key ':' value '!'
 
     @property
+    def noise_chars(self) -> int:
+        """Noise characters per context under ``noise_ratio`` r: with C = n_pairs * pair_len + 1
+        other characters (the pairs and the closing '|'), the integer nearest r C / (1 - r), so
+        noise / len(context) is within 1 / (2 len(context) - 1) of r."""
+        r = Fraction(repr(float(self.noise_ratio)))
+        return math.floor(r * (self.n_pairs * self.pair_len + 1) / (1 - r) + Fraction(1, 2))
+
+    @property
+    def segment_len_range(self) -> tuple[int, int]:
+        """(min, max) noise characters per segment."""
+        if self.noise_ratio:
+            return self.noise_chars, self.noise_chars
+        return self.min_segment_len, self.max_segment_len
+
+    @property
     def max_context_len(self) -> int:
-        return self.n_pairs * self.pair_len + self.n_segments * (self.max_segment_len + 1)
+        return self.n_pairs * self.pair_len + self.n_segments * (self.segment_len_range[1] + 1)
 
     @property
     def has_noise(self) -> bool:
-        return self.max_segment_len > 0 or self.n_segments > 1
+        return self.segment_len_range[1] > 0 or self.n_segments > 1
 
     @property
     def name(self) -> str:
-        """Folder-name stem, e.g. ``N16-K2V2-V62`` or ``N8-K2V2-V62_S2(100-200)``."""
+        """Folder-name stem: ``N16-K2V2-V62``, ``N8-K2V2-V62_S2(100-200)`` or ``N16-K2V2-V62_noise_0.5``."""
         stem = f"N{self.n_pairs}-K{self.key_len}V{self.value_len}-V{self.vocab_size}"
-        if self.has_noise:
+        if self.noise_ratio:
+            stem += f"_noise_{float(self.noise_ratio)!r}"
+        elif self.has_noise:
             stem += f"_S{self.n_segments}({self.min_segment_len}-{self.max_segment_len})"
         return stem
 
@@ -191,9 +230,9 @@ def _place_in_noise(cfg: KVTaskConfig, rng, pairs: np.ndarray, alphabet: np.ndar
     ``segment * stride + slot``; a stable argsort per row lays the units out in order.
     """
     n, N, W = pairs.shape
-    S, L = cfg.n_segments, cfg.max_segment_len
+    S, (L_min, L) = cfg.n_segments, cfg.segment_len_range
     stride = 2 * L + 4
-    seg_len = rng.integers(cfg.min_segment_len, L + 1, size=(n, S))
+    seg_len = rng.integers(L_min, L + 1, size=(n, S))
     seg_of_pair = rng.integers(0, S, size=(n, N))
     # a pair inserted before noise position q (0..seg_len) sorts at 2q, noise position p at 2p+1
     slot_of_pair = 2 * (rng.random((n, N)) * (np.take_along_axis(seg_len, seg_of_pair, 1) + 1)).astype(np.int64)
@@ -213,7 +252,7 @@ def _place_in_noise(cfg: KVTaskConfig, rng, pairs: np.ndarray, alphabet: np.ndar
 
 
 # Position-dependent odd multipliers for a 64-bit row hash (fixed, so hashes are reproducible).
-_HASH_MULTIPLIERS = np.random.default_rng(0x6B76).integers(1, 2**63, size=1 << 16, dtype=np.uint64) | np.uint64(1)
+_HASH_MULTIPLIERS = np.random.default_rng(0x6B76).integers(1, 2**63, size=MAX_CONTEXT_LEN, dtype=np.uint64) | np.uint64(1)
 
 
 class _StringChunk:
@@ -228,20 +267,23 @@ class _StringChunk:
         return len(self.offsets) - 1
 
     def row_hashes(self) -> np.ndarray:
-        """64-bit hash per row; equal strings give equal hashes."""
-        starts, lengths = self.offsets[:-1], np.diff(self.offsets)
+        """64-bit hash per row, a function of the string alone (not of the chunk it sits in):
+
+            hash(s) = len(s) * C + sum_p code(s[p]) * M[p]   (mod 2**64)
+
+        with fixed odd multipliers ``M``. Rows are laid out as a zero-padded ``[rows, width]``
+        matrix; padding adds zero terms, so the width of the chunk does not change a row's hash.
+        """
+        lengths = np.diff(self.offsets)
+        width = int(lengths.max(initial=0))
+        if (lengths == width).all():  # equal lengths: the flat buffer already is the matrix
+            padded = self.flat.reshape(len(self), width)
+        else:
+            padded = np.zeros((len(self), width), self.flat.dtype)
+            padded[np.arange(width) < lengths[:, None]] = self.flat  # row-major fill, row by row
         with np.errstate(over="ignore"):
-            length_term = lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-            if len(self) and (lengths == lengths[0]).all():  # equal lengths: rows as 64-bit words
-                narrow = np.uint8 if not len(self.flat) or self.flat.max() < 0x100 else np.uint32
-                rows = self.flat.astype(narrow).reshape(len(self), -1)
-                per_word = 8 // rows.itemsize
-                rows = np.pad(rows, ((0, 0), (0, -rows.shape[1] % per_word))).view(np.uint64)
-                return (rows * _HASH_MULTIPLIERS[: rows.shape[1]]).sum(axis=1, dtype=np.uint64) + length_term
-            position = np.arange(len(self.flat)) - np.repeat(starts, lengths)
-            terms = self.flat.astype(np.uint64) * _HASH_MULTIPLIERS[position]
-            cum = np.concatenate([[np.uint64(0)], np.cumsum(terms, dtype=np.uint64)])
-            return cum[self.offsets[1:]] - cum[starts] + length_term
+            return (padded.astype(np.uint64) @ _HASH_MULTIPLIERS[:width]
+                    + lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
 
     def to_arrow(self):
         """Vectorised UTF-8 encoding (code points below U+10000) into a ``pyarrow.StringArray``."""
@@ -372,25 +414,152 @@ def save_dataset_atomically(dataset, card: dict, path: str | os.PathLike, *, ove
     return path
 
 
-def load_kv_dataset(path: str | os.PathLike):
-    """Load a dataset written by this module, checking that it exists and has the KV columns."""
+def load_kv_dataset(path: str | os.PathLike, *, cache_dir: str | None = None):
+    """Load KV data from ``path``: a folder written by this module or by ``save_to_disk`` (the
+    download script's copies of the published datasets), or a copy of a hub dataset repository
+    (``data/<split>-*.parquet``, read with ``datasets.load_dataset``, which caches in ``cache_dir``).
+
+    Splits named ``validation``/``val``/``dev`` become ``valid``; a split holding
+    ``input_sequence`` (context + query, as the reference generator writes it) instead of
+    ``context`` and ``query`` is split at the context's last '|'. Other columns are kept.
+    """
     import datasets
 
     path = Path(path)
     if not path.exists():
         raise KVDataError(f"dataset path {path} does not exist: generate one with "
-                          f"`python kv_dataset_utils.py --out data/ ...` or fix --data_path.")
-    try:
+                          f"`python kv_dataset_utils.py --out data/ ...`, fetch the published ones with "
+                          f"scripts/download_kv_retrieval.sh, or fix --data_path.")
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         ds = datasets.load_from_disk(str(path))
-    except FileNotFoundError as e:
-        raise KVDataError(f"{path} is not a saved dataset ({e}); point --data_path at a folder "
-                          f"written by kv_dataset_utils.py.") from None
-    for split_name, split in (ds.items() if isinstance(ds, datasets.DatasetDict) else [("", ds)]):
-        missing = [c for c in COLUMNS if c not in split.column_names]
-        if missing:
-            raise KVDataError(f"dataset {path} split '{split_name}' lacks columns {missing} "
-                              f"(has {split.column_names}); KV data needs columns {list(COLUMNS)}.")
-    return ds
+    elif any(path.rglob("*.parquet")):
+        ds = datasets.load_dataset(str(path), cache_dir=cache_dir)
+    else:
+        raise KVDataError(f"{path} is not a saved dataset (no dataset_dict.json, state.json or parquet "
+                          f"files); point --data_path at a folder written by kv_dataset_utils.py or "
+                          f"scripts/download_kv_retrieval.sh.")
+    if not isinstance(ds, datasets.DatasetDict):
+        return _with_kv_columns(ds, path, "")
+    return datasets.DatasetDict({name: _with_kv_columns(split, path, name)
+                                 for name, split in _canonical_splits(ds, path).items()})
+
+
+SPLIT_ALIASES = {"validation": "valid", "val": "valid", "dev": "valid"}
+
+
+def _canonical_splits(ds, path) -> dict:
+    """Split name -> split, with hub-style names mapped to ours (``validation`` -> ``valid``)."""
+    out = {}
+    for name, split in ds.items():
+        canonical = SPLIT_ALIASES.get(name, name)
+        if canonical in out:
+            raise KVDataError(f"dataset {path} has two splits that both mean '{canonical}' ({sorted(ds)}): "
+                              f"keep one of them.")
+        out[canonical] = split
+    return out
+
+
+def _with_kv_columns(split, path, split_name: str):
+    """``split`` with the ``context``, ``query`` and ``target`` columns, or a KVDataError."""
+    have = set(split.column_names)
+    if {"context", "query"} - have and "input_sequence" in have:
+        split = split.map(_split_input_sequence, batched=True, keep_in_memory=True,
+                          remove_columns=[c for c in ("context", "query") if c in have])
+    missing = [c for c in COLUMNS if c not in split.column_names]
+    if missing:
+        raise KVDataError(f"dataset {path} split '{split_name}' lacks columns {missing} "
+                          f"(has {split.column_names}); KV data needs columns {list(COLUMNS)}.")
+    return split
+
+
+def _split_input_sequence(batch: dict) -> dict:
+    """``input_sequence`` = context + query, where the context ends with its last '|' (the query has none)."""
+    for s in batch["input_sequence"]:
+        if "|" not in s:
+            raise KVDataError(f"input_sequence {s!r} has no '|' ending a context, so it cannot be split "
+                              f"into context and query: give the data context and query columns.")
+    cut = [s.rindex("|") + 1 for s in batch["input_sequence"]]
+    return {"context": [s[:i] for s, i in zip(batch["input_sequence"], cut)],
+            "query": [s[i:] for s, i in zip(batch["input_sequence"], cut)]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The published datasets (https://huggingface.co/yurakuratov)
+# ---------------------------------------------------------------------------------------------
+
+PUBLISHED_NAMESPACE = "yurakuratov"
+PUBLISHED_DATASETS = (tuple(f"N{n}-K2V2-V62_1M" for n in (4, 8, 16, 32, 64, 96, 128))
+                      + tuple(f"N{n}-K2V2-V62_noise_{r}_1M" for n in (8, 16) for r in (0.25, 0.5, 0.75)))
+_PUBLISHED_NAME = re.compile(r"N(\d+)-K(\d+)V(\d+)-V(\d+)(?:_noise_([0-9.]+))?_1M")
+
+
+def generator_args(name: str) -> list[str] | None:
+    """The generator flags that make a dataset with this published folder name, or None."""
+    match = _PUBLISHED_NAME.fullmatch(name)
+    if match is None:
+        return None
+    n_pairs, key_len, value_len, vocab_size, noise_ratio = match.groups()
+    args = ["--n_pairs", n_pairs, "--key_len", key_len, "--value_len", value_len, "--vocab_size", vocab_size]
+    if noise_ratio:
+        args += ["--noise_ratio", noise_ratio]
+    return args + ["--n_train", "1000000", "--n_valid", "5000", "--n_test", "5000"]
+
+
+def download_published(name: str, out: str | os.PathLike = "data/", *, overwrite: bool = False) -> Path:
+    """``datasets.load_dataset("yurakuratov/NAME")`` saved to ``OUT/NAME`` with a ``dataset_card.json``
+    naming its source; written to a temporary folder, checked with ``load_kv_dataset``, then renamed."""
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    from io_utils import atomic_directory
+
+    path, repo = Path(out) / name, f"{PUBLISHED_NAMESPACE}/{name}"
+    if path.exists() and not overwrite:
+        raise KVDataError(f"output folder {path} already exists: pass --overwrite to replace it.")
+    try:
+        ds = datasets.load_dataset(repo)
+    except ConnectionError as e:
+        one = generator_args(name)
+        one = f"`python kv_dataset_utils.py {' '.join(one)} --out {out}`, or " if one else ""
+        raise KVDataError(
+            f"cannot reach the Hugging Face hub for {repo} ({e}). Without hub access, generate it here "
+            f"with {one}the whole family with scripts/make_kv_datasets.sh: the same folder names and task "
+            f"parameters, other samples.") from None
+    except DatasetNotFoundError:
+        raise KVDataError(f"{repo} is not on the hub: the published datasets are "
+                          f"{', '.join(PUBLISHED_DATASETS)}.") from None
+    with atomic_directory(path, overwrite=overwrite) as tmp:
+        ds.save_to_disk(str(tmp))
+        sizes = {split: len(rows) for split, rows in load_kv_dataset(tmp).items()}
+        card = {"name": name, "source": f"https://huggingface.co/datasets/{repo}", "splits": sizes}
+        (tmp / "dataset_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    return path
+
+
+def download_main(argv=None) -> int:
+    """What scripts/download_kv_retrieval.sh runs."""
+    import datasets
+    from huggingface_hub.utils import logging as hub_logging
+
+    p = argparse.ArgumentParser(description="Fetch the published KV-retrieval datasets into OUT/NAME.")
+    p.add_argument("names", nargs="*", default=list(PUBLISHED_DATASETS),
+                   help="datasets to fetch (default: all of them)")
+    p.add_argument("--out", default="data/", help="parent folder of the datasets")
+    p.add_argument("--overwrite", action="store_true", help="fetch again datasets already in OUT")
+    args = p.parse_args(argv)
+    datasets.logging.set_verbosity_error()  # hub retries would bury the one message that matters
+    hub_logging.set_verbosity_error()
+    for name in args.names:
+        if (Path(args.out) / name).exists() and not args.overwrite:
+            print(f"{Path(args.out) / name} exists, skipped (--overwrite fetches it again)")
+            continue
+        try:
+            path = download_published(name, args.out, overwrite=args.overwrite)
+        except KVDataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {path}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,6 +676,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_segments", type=int, default=d.n_segments, help="context segments, each ending with '|'")
     p.add_argument("--min_segment_len", type=int, default=d.min_segment_len, help="min noise characters per segment")
     p.add_argument("--max_segment_len", type=int, default=d.max_segment_len, help="max noise characters per segment")
+    p.add_argument("--noise_ratio", type=float, default=d.noise_ratio,
+                   help="instead of the segment flags: noise characters make up this fraction r of each "
+                        "context (0 <= r < 1), around whole pairs at random positions; adds _noise_{r} to the name")
     p.add_argument("--n_train", type=int, default=100_000, help="training samples")
     p.add_argument("--n_valid", type=int, default=5_000, help="validation samples")
     p.add_argument("--n_test", type=int, default=5_000, help="test samples")
@@ -520,8 +692,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_arg_parser().parse_args(argv)
     try:
-        cfg = KVTaskConfig(args.n_pairs, args.key_len, args.value_len, args.vocab_size,
-                           args.n_segments, args.min_segment_len, args.max_segment_len)
+        cfg = KVTaskConfig(n_pairs=args.n_pairs, key_len=args.key_len, value_len=args.value_len,
+                           vocab_size=args.vocab_size, n_segments=args.n_segments,
+                           min_segment_len=args.min_segment_len, max_segment_len=args.max_segment_len,
+                           noise_ratio=args.noise_ratio)
         path = Path(args.out) / dataset_folder_name(cfg, args.n_train)
         if path.exists() and not args.overwrite:  # fail before spending time generating
             raise KVDataError(f"output folder {path} already exists: pass --overwrite to replace it, "

@@ -1,7 +1,8 @@
 """The one training loop every model uses, built on accelerate.
 
-It knows only ``model(**batch).loss``, ``.logits`` and ``.stats``. It evaluates exact match and token
-accuracy every ``eval_steps``, logs to a tqdm bar, tensorboard and ``exp_path/metrics.jsonl``, keeps
+It knows only ``model(**batch).loss``, ``.logits`` and ``.stats``, and a task (``tasks.py``) that gives the
+data, the collator and which target tokens are scored. It evaluates exact match and token accuracy every
+``eval_steps``, logs to a tqdm bar, tensorboard and ``exp_path/metrics.jsonl``, keeps
 the best weights in ``exp_path/best``, and checkpoints to ``exp_path/checkpoint`` (atomically, through
 ``accelerator.save_state``) so that a run resumes exactly where it stopped, SIGTERM included.
 """
@@ -21,13 +22,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-import kv_dataset_utils as kv
+import backbones
 from backbones import BackboneConfig, build_backbone
 from cli import add_config_args, config_from_args, option
 from full_context import FullContextLM
 from grad_memgpt import GradMemGPT
 from io_utils import atomic_directory, atomic_file
 from rmt import RMT
+from tasks import Task, TaskDataError, task_class
 
 logger = logging.getLogger("gradmem")
 MODEL_CLASSES = {cls.model_type: cls for cls in (GradMemGPT, RMT, FullContextLM)}
@@ -37,15 +39,6 @@ SCHEDULERS = ("constant_with_warmup", "linear", "cosine")
 @dataclass
 class TrainConfig:
     exp_path: str = option("runs/exp", "folder of this run: config, metrics, tensorboard, checkpoints")
-    data_path: str | None = option(None, "dataset written by kv_dataset_utils.py; without it a small KV "
-                                   "dataset is generated in memory from the --task_* flags")
-    tokenizer_path: str = option("tokenizers/kv_alphabet_62", "tokenizer folder")
-    task_n_pairs: int = option(2, "in-memory data: key-value pairs per context")
-    task_key_len: int = option(1, "in-memory data: characters per key")
-    task_value_len: int = option(1, "in-memory data: characters per value")
-    task_vocab_size: int = option(62, "in-memory data: key/value alphabet size")
-    task_n_train: int = option(50_000, "in-memory data: training samples")
-    task_n_valid: int = option(500, "in-memory data: validation samples")
     per_device_batch_size: int = option(64, "samples per process per micro-batch")
     eval_batch_size: int | None = option(None, "samples per process per evaluation batch (default: training's)")
     gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
@@ -66,7 +59,8 @@ class TrainConfig:
     mixed_precision: str = option("no", "accelerate mixed precision (bf16 on GPU)", choices=("no", "bf16", "fp16"))
     init_checkpoint: str | None = option(None, "load model weights (only) from this saved model folder")
     max_nonfinite_in_row: int = option(20, "stop when this many steps in a row have a non-finite loss or gradient")
-    max_context_length: int | None = option(None, "truncate contexts to this many tokens (counted and warned)")
+    max_context_length: int | None = option(None, "truncate contexts to this many tokens (counted and warned); "
+                                            "contexts never exceed the model's positions")
     show_progress: bool = option(True, "tqdm progress bar")
 
     def __post_init__(self):
@@ -96,57 +90,42 @@ class EpochSampler(Sampler):
         return self.n
 
 
-def load_data(cfg: TrainConfig, splits=("train", "valid")) -> dict:
-    """The requested splits: from ``data_path``, or generated in memory from the task flags
-    (valid and test then have ``task_n_valid`` samples each)."""
-    if cfg.data_path:
-        ds = kv.load_kv_dataset(cfg.data_path)
-    else:
-        task = kv.KVTaskConfig(n_pairs=cfg.task_n_pairs, key_len=cfg.task_key_len, value_len=cfg.task_value_len,
-                               vocab_size=cfg.task_vocab_size)
-        ds, _ = kv.generate_kv_dataset(task, cfg.task_n_train, cfg.task_n_valid, cfg.task_n_valid, seed=cfg.seed)
-    for split in splits:
-        if split not in ds:
-            raise kv.KVDataError(f"dataset {cfg.data_path} has no '{split}' split (has {list(ds)}).")
-    return {split: ds[split] for split in splits}
+def max_context_tokens(model, cfg: TrainConfig) -> int | None:
+    """The longest context the model's positions allow (less its memory and prompts, and
+    ``QUERY_RESERVE`` positions for the query), capped by ``cfg.max_context_length``."""
+    lm_config = model.lm.config
+    positions = getattr(lm_config, "max_position_embeddings", None) or getattr(lm_config, "n_positions", None)
+    limits = [cfg.max_context_length]
+    if positions:
+        prefix = getattr(model.config, "n_mem_tokens", 0) + 2 * getattr(model.config, "n_ctrl_tokens", 0)
+        limits.append(positions - prefix - QUERY_RESERVE)
+    limits = [n for n in limits if n is not None]
+    return min(limits) if limits else None
 
 
-def check_vocab(tokenizer, model) -> None:
-    n_model = model.lm.get_input_embeddings().num_embeddings
-    if len(tokenizer) > n_model:
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding table has {n_model}: "
-                         f"build the model with this tokenizer, or pass the tokenizer it was trained with.")
+QUERY_RESERVE = 64
 
 
 # ---------------------------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------------------------
 
-def answer_mask(labels: torch.Tensor, delimiter_ids) -> torch.Tensor:
-    """``[B, Q-1]`` positions scored by exact match: target tokens other than the '!' and '|' delimiters."""
-    target = labels[:, 1:]
-    mask = target != -100
-    for d in delimiter_ids:
-        mask &= target != d
-    return mask
-
-
-def score_batch(logits, labels, delimiter_ids) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample: (all answer tokens right, number of right answer tokens and of answer tokens)."""
-    mask = answer_mask(labels, delimiter_ids)
+def score_batch(logits, labels, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced, per sample: (every scored token right, [number right, number scored]).
+    ``mask [B, Q-1]`` says which label positions are scored (``Task.scored_mask``)."""
     right = (logits[:, :-1].argmax(-1) == labels[:, 1:]) & mask
     exact = (right | ~mask).all(dim=1)
     return exact, torch.stack([right.sum(1), mask.sum(1)], dim=1)
 
 
 @torch.no_grad()
-def evaluate(model, dataloader, accelerator, delimiter_ids, K=None) -> dict:
+def evaluate(model, dataloader, accelerator, task: Task, tokenizer, K=None) -> dict:
     """Exact match, token accuracy, loss and mean model stats over ``dataloader`` (all processes)."""
     model.eval()
     exact, tokens, losses, stats = [], [], [], {}
     for batch in dataloader:
         out = model(**batch, K=K)
-        e, t = score_batch(out.logits, batch["labels"], delimiter_ids)
+        e, t = score_batch(out.logits, batch["labels"], task.scored_mask(batch["labels"], tokenizer))
         e, t = accelerator.gather_for_metrics((e, t))
         exact.append(e)
         tokens.append(t)
@@ -268,9 +247,23 @@ def param_groups(model, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train(model, cfg: TrainConfig, tokenizer, configs: dict) -> dict:
-    """Train ``model``; ``configs`` (dataclasses by name) are saved with the run. Returns the final
-    evaluation, with ``stopped`` saying why the run ended."""
+def prepare_data(model, cfg: TrainConfig, task: Task, tokenizer, splits=("train", "valid")) -> tuple[dict, object]:
+    """The task's splits and collator, checked before anything is written: the tokenizer fits the model,
+    and the first training samples collate."""
+    backbones.check_tokenizer_fits(tokenizer, model.lm)
+    data = task.load_splits(splits, seed=cfg.seed)
+    collate = task.collator(tokenizer, max_context_length=max_context_tokens(model, cfg))
+    first = data[splits[0]]
+    if len(first) == 0:
+        raise TaskDataError(f"the {splits[0]} split of {task.describe()} is empty.")
+    collate([first[i] for i in range(min(2, len(first)))])
+    return data, collate
+
+
+def train(model, cfg: TrainConfig, task: Task, tokenizer, configs: dict) -> dict:
+    """Train ``model`` on ``task``; ``configs`` (dataclasses by name) are saved with the run. Returns the
+    final evaluation, with ``stopped`` saying why the run ended. The data and tokenizer are checked before
+    the run folder is created, so a bad input leaves nothing on disk."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -280,28 +273,27 @@ def train(model, cfg: TrainConfig, tokenizer, configs: dict) -> dict:
                               mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
     exp_path = Path(cfg.exp_path)
-    full_config = {"train": dataclasses.asdict(cfg), "model_type": model.model_type,
-                   **{k: dataclasses.asdict(v) for k, v in configs.items()}}
+    full_config = {"train": dataclasses.asdict(cfg), "model_type": model.model_type, "task_name": task.name,
+                   "task": dataclasses.asdict(task.config), **{k: dataclasses.asdict(v) for k, v in configs.items()}}
     accelerator.print(json.dumps(full_config, indent=2))
     accelerator.print(f"{accelerator.num_processes} process(es) on {accelerator.device}, "
                       f"{cfg.per_device_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes} "
                       f"samples per optimizer step")
-    check_vocab(tokenizer, model)
-    if accelerator.is_main_process:
-        exp_path.mkdir(parents=True, exist_ok=True)
-        with atomic_file(exp_path / "config.json") as tmp:
-            tmp.write_text(json.dumps(full_config, indent=2) + "\n")
-        tokenizer.save_pretrained(str(exp_path / "tokenizer"))
+    data, collate = prepare_data(model, cfg, task, tokenizer)
     if cfg.init_checkpoint:
         from safetensors.torch import load_model
 
         load_model(model, str(Path(cfg.init_checkpoint) / "model.safetensors"))
+    if accelerator.is_main_process:
+        exp_path.mkdir(parents=True, exist_ok=True)
+        with atomic_file(exp_path / "config.json") as tmp:
+            tmp.write_text(json.dumps(full_config, indent=2) + "\n")
+        with atomic_directory(exp_path / "tokenizer", overwrite=True) as tmp:
+            tokenizer.save_pretrained(str(tmp))
 
-    data = load_data(cfg)
     train_ds, valid_ds = data["train"], data["valid"]
     if cfg.max_eval_samples:
         valid_ds = valid_ds.select(range(min(cfg.max_eval_samples, len(valid_ds))))
-    collate = kv.KVCollator(tokenizer, max_context_length=cfg.max_context_length)
     train_dl = DataLoader(train_ds, batch_size=cfg.per_device_batch_size, sampler=EpochSampler(len(train_ds), cfg.seed),
                           collate_fn=collate, drop_last=True)
     eval_dl = DataLoader(valid_ds, batch_size=cfg.eval_batch_size or cfg.per_device_batch_size, collate_fn=collate)
@@ -309,7 +301,6 @@ def train(model, cfg: TrainConfig, tokenizer, configs: dict) -> dict:
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=cfg.max_steps)
     model, optimizer, train_dl, eval_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
-    delimiters = tokenizer.convert_tokens_to_ids(["!", "|"])
 
     state = TrainerState()
     if (exp_path / "checkpoint" / "trainer_state.json").is_file():
@@ -379,7 +370,7 @@ def train(model, cfg: TrainConfig, tokenizer, configs: dict) -> dict:
                                 steps_s=f"{rate:.2f}")
                 window, t_window = [], time.perf_counter()
             if state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps:
-                result = evaluate(model, eval_dl, accelerator, delimiters)
+                result = evaluate(model, eval_dl, accelerator, task, tokenizer)
                 log.write(state.step, "valid", result)
                 accelerator.print(f"step {state.step}: " + " ".join(f"{k}={v:.4f}" for k, v in result.items()
                                                                      if k in ("exact_match", "token_accuracy", "loss")))
@@ -406,7 +397,7 @@ def train(model, cfg: TrainConfig, tokenizer, configs: dict) -> dict:
     bar.close()
     log.close()
     if not result:
-        result = evaluate(model, eval_dl, accelerator, delimiters)
+        result = evaluate(model, eval_dl, accelerator, task, tokenizer)
     accelerator.print(f"stopped ({stopped}) at step {state.step}; best exact_match {state.best_exact_match:.4f}; "
                       f"run in {exp_path}")
     return {**result, "stopped": stopped, "step": state.step, "best_exact_match": state.best_exact_match}
@@ -424,28 +415,42 @@ def all_finite(stats: dict | None) -> torch.Tensor:
 # What every run script shares
 # ---------------------------------------------------------------------------------------------
 
-def build_parser(model_cls, description: str = "") -> argparse.ArgumentParser:
-    """TrainConfig + BackboneConfig + the model's config flags."""
+def build_parser(model_cls, task_cls, description: str = "") -> argparse.ArgumentParser:
+    """TrainConfig + the task's flags + BackboneConfig + the model's config flags."""
     parser = argparse.ArgumentParser(description=description)
     add_config_args(parser, TrainConfig, "training")
+    add_config_args(parser, task_cls.config_class, f"task: {task_cls.name}")
     add_config_args(parser, BackboneConfig, "backbone")
     add_config_args(parser, model_cls.config_class, model_cls.model_type)
     return parser
 
 
-def run_experiment(model_cls, argv=None, description: str = "") -> dict:
-    """Parse the flags, build the model, train it."""
+def task_tokenizer(task: Task, backbone_cfg: BackboneConfig):
+    """The task's own tokenizer, or else the pretrained model's."""
+    tokenizer = task.tokenizer()
+    if tokenizer is not None:
+        return tokenizer
+    if not backbone_cfg.is_pretrained:
+        raise ValueError(f"the {task.name} task takes its tokenizer from a pretrained model: pass --pretrained_path "
+                         f"(a folder or .gguf file) or --pretrained (e.g. smollm2-135m).")
+    return backbones.load_tokenizer(backbone_cfg)
+
+
+def run_experiment(model_cls, argv=None, description: str = "", task: str = "kv") -> dict:
+    """Parse the flags, build the task and the model, train it."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
-    args = build_parser(model_cls, description).parse_args(argv)
+    task_cls = task_class(task)
+    args = build_parser(model_cls, task_cls, description).parse_args(argv)
     try:
         train_cfg = config_from_args(TrainConfig, args)
+        task_obj = task_cls(config_from_args(task_cls.config_class, args))
         backbone_cfg = config_from_args(BackboneConfig, args)
         model_cfg = config_from_args(model_cls.config_class, args)
-        tokenizer = kv.load_tokenizer(train_cfg.tokenizer_path)
+        tokenizer = task_tokenizer(task_obj, backbone_cfg)
         torch.manual_seed(train_cfg.seed)
         model = model_cls(build_backbone(backbone_cfg, tokenizer), model_cfg)
-        return train(model, train_cfg, tokenizer, {"backbone": backbone_cfg, "model": model_cfg})
-    except (kv.KVDataError, ValueError, FileNotFoundError) as e:
+        return train(model, train_cfg, task_obj, tokenizer, {"backbone": backbone_cfg, "model": model_cfg})
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)

@@ -92,3 +92,40 @@ def assert_generate_matches_teacher_forced_argmax(model, batch, max_new_tokens=4
         new = model.generate(memory, query, max_new_tokens=max_new_tokens)
         logits = model.read(memory, torch.cat([query, new], 1)).logits
     torch.testing.assert_close(logits[:, q_len - 1:-1].argmax(-1), new)
+
+
+BPE_CORPUS = ["Mary moved to the bathroom. John went to the hallway. Where is Mary? bathroom",
+              "Question: What is the phone number of Alice Smith?\nAnswer: 555-0134",
+              "The tower was built in 1889 by Gustave Eiffel in Paris, France.",
+              "Daniel picked up the football. Sandra journeyed to the garden. kitchen office bedroom"] * 4
+
+
+def bpe_tokenizer(bos: bool = False, vocab_size: int = 400):
+    """A byte-level BPE tokenizer trained here on a few sentences (no download). ``bos=False`` is
+    GPT-2-like (one ``<|endoftext|>`` for BOS and EOS, no pad, nothing added); ``bos=True`` is llama-like
+    (``<s>`` put in front of every text, ``</s>`` EOS, ``<pad>``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<s>", "</s>", "<pad>"] if bos else ["<|endoftext|>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(BPE_CORPUS, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+        return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def pretrained_folder(path, tokenizer, base_model="llama"):
+    """A tiny random-init LM saved with ``tokenizer`` as a local Hugging Face folder (what --pretrained_path takes)."""
+    torch.manual_seed(0)
+    lm = build_backbone(BackboneConfig(base_model=base_model, n_layer=1, n_head=2, n_embd=16,
+                                       max_position_embeddings=512), tokenizer)
+    lm.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -15,6 +15,7 @@ import training
 from conftest import ROOT
 from grad_memgpt import GradMemConfig, GradMemGPT
 from helpers import TOKENIZER, tiny_lm
+from tasks import KVTask, KVTaskArgs
 
 TINY_COMMON = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--per_device_batch_size", "8",
                "--task_n_train", "200", "--task_n_valid", "16", "--warmup_steps", "2", "--learning_rate", "1e-3",
@@ -120,14 +121,17 @@ def nan_on_calls(model, bad_calls):
 
 
 def tiny_train_config(tmp_path, **kw):
-    return training.TrainConfig(exp_path=str(tmp_path), per_device_batch_size=8, task_n_train=200, task_n_valid=16,
-                                warmup_steps=1, learning_rate=1e-3, log_steps=1, show_progress=False, **kw)
+    return training.TrainConfig(exp_path=str(tmp_path), per_device_batch_size=8, warmup_steps=1, learning_rate=1e-3,
+                                log_steps=1, show_progress=False, **kw)
+
+
+TINY_KV_TASK = KVTask(KVTaskArgs(task_n_train=200, task_n_valid=16))
 
 
 def test_a_non_finite_step_is_skipped_counted_and_logged(tmp_path):
     torch.manual_seed(0)
     model = nan_on_calls(GradMemGPT(tiny_lm(dtype=torch.float32), GradMemConfig(K=1, n_mem_tokens=2)), {2})
-    result = training.train(model, tiny_train_config(tmp_path, max_steps=5, eval_steps=5), TOKENIZER,
+    result = training.train(model, tiny_train_config(tmp_path, max_steps=5, eval_steps=5), TINY_KV_TASK, TOKENIZER,
                             {"model": model.config})
     assert result["step"] == 5
     assert json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())["nonfinite_steps"] == 1
@@ -139,7 +143,7 @@ def test_many_non_finite_steps_in_a_row_stop_with_a_clear_error(tmp_path):
     model = nan_on_calls(GradMemGPT(tiny_lm(dtype=torch.float32), GradMemConfig(K=1, n_mem_tokens=2)), set(range(100)))
     with pytest.raises(RuntimeError, match="3 steps in a row had a non-finite loss.*lower --learning_rate"):
         training.train(model, tiny_train_config(tmp_path, max_steps=10, eval_steps=10, max_nonfinite_in_row=3),
-                       TOKENIZER, {"model": model.config})
+                       TINY_KV_TASK, TOKENIZER, {"model": model.config})
 
 
 @pytest.mark.parametrize("args, message", [
@@ -155,6 +159,7 @@ def test_wrong_paths_and_vocab_mismatch_give_one_clear_message(tmp_path, args, m
                       str(tmp_path / "run"), *args)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2 and message in output and "Traceback" not in output, output
+    assert not (tmp_path / "run").exists()  # validated before the run folder is made
 
 
 def test_exact_match_ignores_delimiters():
@@ -162,14 +167,16 @@ def test_exact_match_ignores_delimiters():
     logits = torch.full((1, 6, 20), -1.0)
     for pos, tok in enumerate([0, 10, 11, 9, 9]):  # logits[t] predicts labels[t+1]; delimiters wrong
         logits[0, pos, tok] = 1.0
-    exact, tokens = training.score_batch(logits, labels, delimiter_ids=[4, 7])
+    mask = KVTask().scored_mask(labels, TOKENIZER)
+    assert mask.tolist() == [[False, True, True, False, False]]
+    exact, tokens = training.score_batch(logits, labels, mask)
     assert exact.tolist() == [True] and tokens.tolist() == [[2, 2]]
     logits[0, 2, 11], logits[0, 2, 12] = -1.0, 1.0  # second value token wrong
-    exact, tokens = training.score_batch(logits, labels, delimiter_ids=[4, 7])
+    exact, tokens = training.score_batch(logits, labels, mask)
     assert exact.tolist() == [False] and tokens.tolist() == [[1, 2]]
 
 
-@pytest.mark.parametrize("parser", [training.build_parser(cls) for cls in training.MODEL_CLASSES.values()]
+@pytest.mark.parametrize("parser", [training.build_parser(cls, KVTask) for cls in training.MODEL_CLASSES.values()]
                          + [evaluate_script.build_parser()], ids=[*training.MODEL_CLASSES, "evaluate"])
 def test_every_flag_has_help_text(parser):
     for action in parser._actions:
@@ -202,7 +209,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, mo
     assert "2 process(es)" in two.stdout and "1 process(es)" in one.stdout
     loss = [next(r["loss"] for r in metrics(tmp_path / run) if r["split"] == "train") for run in ("one", "two")]
     assert loss[0] == pytest.approx(loss[1], rel=1e-6)
-    args = training.build_parser(GradMemGPT).parse_args(flags)
+    args = training.build_parser(GradMemGPT, KVTask).parse_args(flags)
     torch.manual_seed(0)
     initial = GradMemGPT(tiny_lm(n_layer=1, n_embd=16, dtype=torch.float32), training.config_from_args(GradMemConfig, args))
     a = load_file(tmp_path / "one" / "checkpoint" / "model.safetensors")
