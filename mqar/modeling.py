@@ -8,7 +8,7 @@
   (q 64->128, kv 64->128, out 128->64); RoPE rotates its key use only.
 
 A block is ``x + mixer(RMSNorm(x))`` (plus ``x + FFN(RMSNorm(x))`` with ``use_ffn``); the model is
-embedding -> blocks -> RMSNorm -> LM head (untied, no biases anywhere). Block parameters at the seed's
+embedding -> blocks -> RMSNorm -> LM head (tied to the embedding, as in Zoology; no biases anywhere). Block parameters at the seed's
 4 layers x 64 dims: GPT 4 (4 64 96 + 64) = 98,560, UnifiedKV 4 (3 64 128 + 64) = 98,560, DeltaNet the
 GPT's plus its beta projection 4 (64 2) = 99,072.
 
@@ -54,7 +54,7 @@ class MQARLMConfig(PreTrainedConfig):
     pad_token_id: int | None = 0
     bos_token_id: int | None = None
     eos_token_id: int | None = None
-    tie_word_embeddings: bool = False
+    tie_word_embeddings: bool = True  # as Zoology: the LM head is the embedding matrix
 
     def _check_widths(self, **widths):
         for name, width in widths.items():
@@ -306,7 +306,10 @@ class MQARModel(MQARPreTrainedModel):
 
 
 class MQARCausalLM(MQARPreTrainedModel):
-    """``MQARModel`` plus an untied LM head; ``labels`` in the HF convention (shifted inside)."""
+    """``MQARModel`` plus an LM head, tied to the embedding by default (as in Zoology); ``labels`` in the
+    HF convention (shifted inside)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: MQARLMConfig):
         super().__init__(config)
@@ -361,12 +364,14 @@ for _config_cls, _model_cls in ((MQARGPTConfig, MQARGPTForCausalLM), (DeltaNetCo
 # ---------------------------------------------------------------------------------------------
 
 def parameter_counts(lm: MQARCausalLM) -> dict[str, int]:
-    """Parameters of the blocks (what the seed counts), the embedding, final norm, LM head, and all."""
+    """Parameters of the blocks (what the seed counts), the embedding, final norm, LM head (0 when tied to
+    the embedding), and all of them."""
     def n(module):
         return sum(p.numel() for p in module.parameters())
 
+    tied = lm.lm_head.weight is lm.model.embed_tokens.weight
     return {"blocks": n(lm.model.layers), "embedding": n(lm.model.embed_tokens), "final_norm": n(lm.model.norm),
-            "lm_head": n(lm.lm_head), "total": n(lm)}
+            "lm_head": 0 if tied else n(lm.lm_head), "total": n(lm)}
 
 
 def seed_configs(vocab_size: int = 2048, **overrides) -> dict[str, MQARLMConfig]:
@@ -378,8 +383,8 @@ def format_counts(configs: dict[str, MQARLMConfig]) -> str:
     lines = ["| model | blocks | embedding | final norm | LM head | total |", "|---|---|---|---|---|---|"]
     for name, config in configs.items():
         c = parameter_counts(AutoModelForCausalLM.from_config(config))
-        lines.append(f"| {name} | {c['blocks']:,} | {c['embedding']:,} | {c['final_norm']:,} | {c['lm_head']:,} | "
-                     f"{c['total']:,} |")
+        head = f"{c['lm_head']:,}" if c["lm_head"] else "tied"
+        lines.append(f"| {name} | {c['blocks']:,} | {c['embedding']:,} | {c['final_norm']:,} | {head} | {c['total']:,} |")
     return "\n".join(lines)
 
 
