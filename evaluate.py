@@ -24,20 +24,30 @@ from tasks import Task, gold_answers, query_only, task_class
 from training import MODEL_CLASSES, TrainConfig, evaluate, max_context_tokens
 
 
+def run_config(exp_path: Path) -> dict:
+    config_file = Path(exp_path) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{exp_path} is not a run folder (no config.json): pass the --exp_path of a training run.")
+    return upgrade_run_config(json.loads(config_file.read_text()))
+
+
+def load_task(exp_path: Path) -> tuple[Task, TrainConfig]:
+    """(task, train config) of a run folder, without loading its model."""
+    config = run_config(exp_path)
+    task_cls = task_class(config.get("task_name", "kv"))
+    return task_cls(task_cls.config_class(**config["task"])), TrainConfig(**config["train"])
+
+
 def load_run(exp_path: Path, checkpoint: str = "best"):
     """(model, tokenizer, train config, task) of a run folder written by training.train."""
     from transformers import AutoTokenizer
 
-    config_file = exp_path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{exp_path} is not a run folder (no config.json): pass the --exp_path of a training run.")
-    config = upgrade_run_config(json.loads(config_file.read_text()))
+    config = run_config(exp_path)
     model = MODEL_CLASSES[config["model_type"]].from_pretrained(
         exp_path / checkpoint, attn_implementation=config["backbone"]["attn_implementation"])
     tokenizer = AutoTokenizer.from_pretrained(str(exp_path / "tokenizer"))
-    task_cls = task_class(config.get("task_name", "kv"))
-    task = task_cls(task_cls.config_class(**config["task"]))
-    return model, tokenizer, TrainConfig(**config["train"]), task
+    task, train_cfg = load_task(exp_path)
+    return model, tokenizer, train_cfg, task
 
 
 def upgrade_run_config(config: dict) -> dict:

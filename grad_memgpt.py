@@ -14,6 +14,15 @@ the model weights and ``mem_init`` through the WRITE steps:
 - ``grad_mode='second'``: through every inner gradient (MAML; ``create_graph=True``);
 - ``grad_mode='first'``: straight through, dM_K/dM_0 = I, no Hessian term (the gradient is detached);
 - ``grad_mode='none'``: the memory is detached at each step, so ``mem_init`` never learns.
+
+Inner-loss term (training only, ``inner_loss_weight`` w > 0): the outer loss gains w * L_write at
+``inner_loss_memory``: ``final`` takes L_write(M_K) at the memory READ sees, one more WRITE forward whose
+gradient then flows back through every inner step; ``last_step`` takes L_write(M_{K-1}), the loss the last
+inner step computed anyway (free; the official implementation's term), its graph kept for the outer gradient.
+
+Recomputation (``recompute_inner_steps``): a second-order step keeps only its inputs, and its graph is
+rebuilt during the outer backward, ``recompute_chunks`` batch chunks at a time. The last chunk of the last
+step is never rebuilt: its graph is the first the outer backward needs, and no bigger than a rebuilt one.
 """
 from __future__ import annotations
 
@@ -25,11 +34,13 @@ import torch
 from torch import nn
 
 from cli import check_config, option
+from inner_optimizers import INNER_UPDATES, adam_update, safe_sqrt, sgd_update  # noqa: F401 (re-exported)
 from memory_model import MemoryModel, MemoryModelOutput
 
 GRAD_MODES = ("none", "first", "second")
 INNER_OPTIMIZERS = ("sgd", "adam")
 MEM_PROJ_MODES = ("none", "proj", "per_sample")
+INNER_LOSS_MEMORIES = ("final", "last_step")
 # LoRA targets per architecture when write_lora_target_modules is not given
 DEFAULT_LORA_TARGETS = {"llama": ("q_proj", "v_proj"), "gpt2": ("c_attn",), "gpt_neox": ("query_key_value",)}
 
@@ -59,12 +70,19 @@ class GradMemConfig:
     write_lora_target_modules: tuple[str, ...] | None = option(None, "modules LoRA wraps (default: the attention "
                                                                "projections of the architecture)")
     freeze_backbone: bool = option(False, "train only memory, prompts, projections and heads")
-    inner_loss_weight: float = option(0.0, "weight of the final WRITE loss L_write(M_K) added to the outer loss")
+    inner_loss_weight: float = option(0.0, "weight w of the WRITE loss term added to the outer loss in training "
+                                      "(inner_loss_memory says which memory it is taken at)")
+    inner_loss_memory: str = option("final", "memory of the inner-loss term: final = L_write(M_K) at the memory "
+                                    "READ sees, one more WRITE forward; last_step = L_write(M_{K-1}), the loss the "
+                                    "last inner step computed anyway, free (the official implementation's term)",
+                                    choices=INNER_LOSS_MEMORIES)
     gradient_checkpointing: bool = option(False, "recompute LM activations in the backward pass")
-    recompute_inner_steps: bool = option(False, "keep only each inner step's input and rebuild its graph during "
-                                         "the outer backward: memory no longer grows with K, gradients unchanged")
-    recompute_chunks: int = option(1, "with recompute_inner_steps: run each step, and rebuild its graph, this many "
-                                   "batch chunks at a time (samples are independent): step memory falls ~1/chunks")
+    recompute_inner_steps: bool = option(False, "keep only each second-order inner step's input and rebuild its "
+                                         "graph during the outer backward (all but the last step, whose graph the "
+                                         "backward needs first): memory no longer grows with K, gradients unchanged")
+    recompute_chunks: int = option(1, "with recompute_inner_steps: run each step, and rebuild its graph, in this "
+                                   "many batch chunks (samples are independent; the last step keeps its last "
+                                   "chunk's graph): step memory falls ~1/chunks")
     attn_implementation: str | None = option(None, "switch the LM's attention, e.g. gradmem_manual (a "
                                              "double-differentiable kernel from attn_double_bwd); None keeps it")
 
@@ -85,6 +103,10 @@ class GradMemConfig:
             (self.inner_clip_value is None or self.inner_clip_value > 0, "inner_clip_value must be > 0"),
             (self.inner_clip_norm is None or self.inner_clip_norm > 0, "inner_clip_norm must be > 0"),
             (self.inner_loss_weight >= 0, "inner_loss_weight must be >= 0"),
+            (self.inner_loss_memory in INNER_LOSS_MEMORIES, f"inner_loss_memory must be one of {INNER_LOSS_MEMORIES}"),
+            (not (self.inner_loss_memory == "last_step" and self.inner_loss_weight > 0 and self.K == 0),
+             "inner_loss_memory='last_step' takes the loss of the last inner step, and K=0 takes none: set K >= 1 "
+             "or inner_loss_memory='final'"),
             (self.recompute_chunks == 1 or (self.recompute_chunks > 1 and self.recompute_inner_steps),
              "recompute_chunks > 1 needs recompute_inner_steps=True"),
             (not ((self.use_write_head or self.use_write_lora) and self.grad_mode != "second"
@@ -98,36 +120,6 @@ class GradMemConfig:
             warnings.warn("inner_optimizer='adam' with K=1: the only WRITE step is a sign step, so almost no "
                           "second-order gradient reaches the weights through WRITE (measured: ~3e-4 of what SGD "
                           "passes); use inner_optimizer='sgd' or K >= 2", stacklevel=2)
-
-
-# ---------------------------------------------------------------------------------------------
-# Inner optimisers: pure functions of (grads, state, step), differentiable in every argument.
-# ---------------------------------------------------------------------------------------------
-
-def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
-    """sqrt with derivative 0 (not inf) at 0, so double backward through zero gradients stays finite."""
-    positive = x > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
-
-
-def sgd_update(grads, opt_state, step, *, lr, **unused):
-    """Update to subtract: ``lr * g``."""
-    return [lr * g for g in grads], opt_state
-
-
-def adam_update(grads, opt_state, step, *, lr, betas, eps):
-    """Adam (Kingma & Ba) as a pure function; ``step`` counts from 0. Matches ``torch.optim.Adam``:
-    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``, update ``lr m_hat / (sqrt(v_hat) + eps)``."""
-    b1, b2 = betas
-    m, v = opt_state if opt_state is not None else ([torch.zeros_like(g) for g in grads],) * 2
-    m = [b1 * mi + (1 - b1) * g for mi, g in zip(m, grads)]
-    v = [b2 * vi + (1 - b2) * g * g for vi, g in zip(v, grads)]
-    t = step + 1
-    updates = [lr / (1 - b1 ** t) * mi / (safe_sqrt(vi / (1 - b2 ** t)) + eps) for mi, vi in zip(m, v)]
-    return updates, (m, v)
-
-
-INNER_UPDATES = {"sgd": sgd_update, "adam": adam_update}
 
 
 def per_sample_norm(tensors) -> torch.Tensor:
@@ -145,32 +137,36 @@ def clip_per_sample(grads, clip_value=None, clip_norm=None):
 
 
 class _RecomputedInnerStep(torch.autograd.Function):
-    """One inner step that saves only its inputs. Its backward re-runs the step (same RNG state, same
-    ``create_graph``) and back-propagates through the rebuilt graph at once, so at most one inner
-    step's activations are alive during the outer backward; with ``n_chunks > 1``, only one batch
-    chunk of one step (samples are independent, so chunking changes nothing but memory).
+    """One second-order inner step over the batch rows ``rows`` (slices that tile ``0:n`` in order, run
+    one at a time) that saves only its inputs. Its backward re-runs each chunk (same RNG state) with
+    ``create_graph=True`` and back-propagates through the rebuilt graph at once, so at most one chunk of
+    one inner step has its activations alive during the outer backward (samples are independent, so
+    chunking changes nothing but memory).
 
     Inputs after the static arguments: state tensors, optimiser-state tensors, trainable parameters.
-    Outputs: new state, new optimiser state, then the step's per-sample (loss, grad norm).
+    Outputs, for the rows in ``rows``: new state, new optimiser state, then the step's per-sample loss
+    (differentiable when ``keep_loss``: the inner-loss term) and grad norm.
     """
 
     @staticmethod
-    def forward(ctx, model, context_input_ids, step, create_graph, n_state, n_opt, n_chunks, *tensors):
-        ctx.model, ctx.context, ctx.step, ctx.create_graph = model, context_input_ids, step, create_graph
-        ctx.n_state, ctx.n_opt, ctx.n_chunks = n_state, n_opt, n_chunks
+    def forward(ctx, model, context_input_ids, step, rows, keep_loss, n_state, n_opt, *tensors):
+        ctx.model, ctx.context, ctx.step, ctx.rows, ctx.keep_loss = model, context_input_ids, step, rows, keep_loss
+        ctx.n_state, ctx.n_opt = n_state, n_opt
         ctx.devices = [t.device for t in tensors[:1] if t.is_cuda]
         ctx.cpu_rng = torch.get_rng_state()
         ctx.cuda_rng = [torch.cuda.get_rng_state(d) for d in ctx.devices]
+        ctx.set_materialize_grads(False)  # outputs nobody uses (the last step's Adam moments) get no backward work
         inputs = tensors[: n_state + n_opt]
         ctx.save_for_backward(*inputs)
         pieces = []
         with torch.enable_grad():
-            for rows in _chunks(context_input_ids.shape[0], n_chunks):
-                state, opt_state = _RecomputedInnerStep._inputs([t[rows] for t in inputs], n_state, n_opt)
-                new_state, new_opt, loss, norm = model.inner_step(state, opt_state, context_input_ids[rows], step, False)
+            for r in rows:
+                state, opt_state = _RecomputedInnerStep._inputs([t[r] for t in inputs], n_state, n_opt)
+                new_state, new_opt, loss, norm = model.inner_step(state, opt_state, context_input_ids[r], step,
+                                                                  create_graph=False)
                 pieces.append([t.detach() for t in (*new_state, *_flat(new_opt), loss, norm)])
         outputs = tuple(torch.cat(parts) for parts in zip(*pieces))
-        ctx.mark_non_differentiable(*outputs[-2:])
+        ctx.mark_non_differentiable(*outputs[-1 if keep_loss else -2:])
         return outputs
 
     @staticmethod
@@ -191,16 +187,19 @@ class _RecomputedInnerStep(torch.autograd.Function):
             torch.set_rng_state(ctx.cpu_rng)
             for device, rng in zip(ctx.devices, ctx.cuda_rng):
                 torch.cuda.set_rng_state(rng, device)
-            for rows in _chunks(ctx.context.shape[0], ctx.n_chunks):
-                state, opt_state = _RecomputedInnerStep._inputs([t[rows] for t in saved], ctx.n_state, ctx.n_opt)
-                new_state, new_opt, _, _ = ctx.model.inner_step(state, opt_state, ctx.context[rows], ctx.step,
-                                                                ctx.create_graph)
-                outputs = [*new_state, *_flat(new_opt)]
-                grads = torch.autograd.grad(outputs, [*state, *_flat(opt_state), *params],
-                                            [g[rows] for g in grad_outputs[: len(outputs)]], allow_unused=True)
+            for r in ctx.rows:
+                state, opt_state = _RecomputedInnerStep._inputs([t[r] for t in saved], ctx.n_state, ctx.n_opt)
+                new_state, new_opt, loss, _ = ctx.model.inner_step(state, opt_state, ctx.context[r], ctx.step,
+                                                                   create_graph=True, keep_loss=ctx.keep_loss)
+                outputs = [*new_state, *_flat(new_opt), *([loss] if ctx.keep_loss else [])]
+                used = [(o, g[r]) for o, g in zip(outputs, grad_outputs) if g is not None]
+                if not used:
+                    continue
+                grads = torch.autograd.grad([o for o, _ in used], [*state, *_flat(opt_state), *params],
+                                            [g for _, g in used], allow_unused=True)
                 for i, g in enumerate(grads[: len(saved)]):
                     if g is not None:
-                        input_grads[i][rows] = g
+                        input_grads[i][r] = g
                 for i, g in enumerate(grads[len(saved):]):
                     if g is not None:
                         param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
@@ -214,6 +213,11 @@ def _chunks(batch_size: int, n_chunks: int) -> list[slice]:
 
 def _flat(opt_state) -> list:
     return [] if opt_state is None else [*opt_state[0], *opt_state[1]]
+
+
+def _unflat(opt_flat: list):
+    half = len(opt_flat) // 2
+    return (list(opt_flat[:half]), list(opt_flat[half:])) if opt_flat else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,59 +321,84 @@ class GradMemGPT(MemoryModel):
         prefix = torch.cat([t for t in (start, memory, end) if t is not None], dim=1)  # [B, P, d]
         return self.context_nll(prefix, context_input_ids, self.write_head if self.config.use_write_head else None)
 
-    def inner_step(self, state, opt_state, context_input_ids, step: int, create_graph: bool):
+    def inner_step(self, state, opt_state, context_input_ids, step: int, create_graph: bool, keep_loss: bool = False):
         """One gradient step on the inner parameters. ``create_graph`` is the only difference
-        between a second-order and a first-order (straight-through) step."""
+        between a second-order and a first-order (straight-through) step. ``keep_loss`` keeps the graph of
+        the per-sample loss it returns, for the inner-loss term ``last_step``; otherwise the loss is detached."""
         losses = self.write_loss(state, context_input_ids)  # [B]
-        grads = torch.autograd.grad(losses.sum(), state, create_graph=create_graph)
+        grads = torch.autograd.grad(losses.sum(), state, create_graph=create_graph,
+                                    retain_graph=create_graph or keep_loss)
         grads = clip_per_sample(grads, self.config.inner_clip_value, self.config.inner_clip_norm)
         c = self.config
         updates, opt_state = INNER_UPDATES[c.inner_optimizer](grads, opt_state, step, lr=c.inner_lr,
                                                               betas=c.inner_betas, eps=c.inner_eps)
         new_state = [s - u for s, u in zip(state, updates)]
-        return new_state, opt_state, losses.detach(), per_sample_norm(grads).detach()
+        return new_state, opt_state, losses if keep_loss else losses.detach(), per_sample_norm(grads).detach()
 
-    def _recomputed_inner_step(self, state, opt_state, context_input_ids, step: int, create_graph: bool):
-        """``inner_step`` whose graph is rebuilt in the outer backward instead of kept."""
+    def _recomputed_inner_step(self, state, opt_state, context_input_ids, step: int, keep_last_chunk: bool,
+                               keep_loss: bool = False):
+        """A second-order ``inner_step`` whose graph is rebuilt in the outer backward instead of kept, chunk
+        by chunk; with ``keep_last_chunk`` the last chunk runs as a plain step and keeps its graph."""
+        rows = _chunks(context_input_ids.shape[0], self.config.recompute_chunks)
+        kept = rows.pop() if keep_last_chunk else None
+        if not rows:
+            return self.inner_step(state, opt_state, context_input_ids, step, create_graph=True, keep_loss=keep_loss)
         opt_flat = _flat(opt_state)
         params = [p for p in self.parameters() if p.requires_grad]
-        outputs = _RecomputedInnerStep.apply(self, context_input_ids, step, create_graph, len(state), len(opt_flat),
-                                             self.config.recompute_chunks, *state, *opt_flat, *params)
+        parts = [_RecomputedInnerStep.apply(self, context_input_ids, step, rows, keep_loss, len(state), len(opt_flat),
+                                            *state, *opt_flat, *params)]
+        if kept is not None:
+            # built after the recomputed rows, so the outer backward runs through (and frees) it before rebuilding them
+            kept_state, kept_opt = [s[kept] for s in state], _unflat([t[kept] for t in opt_flat])
+            new_state, new_opt, loss, norm = self.inner_step(kept_state, kept_opt, context_input_ids[kept], step,
+                                                             create_graph=True, keep_loss=keep_loss)
+            parts.append((*new_state, *_flat(new_opt), loss, norm))
+        outputs = [torch.cat(pieces) for pieces in zip(*parts)]
         n = len(state)
-        new_state, new_opt, (loss, norm) = list(outputs[:n]), list(outputs[n:-2]), outputs[-2:]
-        half = len(new_opt) // 2
-        return new_state, (new_opt[:half], new_opt[half:]) if new_opt else None, loss, norm
+        return outputs[:n], _unflat(outputs[n:-2]), outputs[-2], outputs[-1]
 
     def write(self, context_input_ids: torch.Tensor, K: int | None = None, return_stats: bool = False):
         """Memory ``[B, M, d]`` after K inner steps (``config.K`` by default).
 
-        Under ``torch.no_grad()`` the inner gradients are still taken and the result is detached.
+        Under ``torch.no_grad()`` the inner gradients are still taken and the result is detached. In training
+        with ``inner_loss_weight > 0``, ``stats["inner_loss_term"]`` is the inner-loss term's L_write (with
+        ``last_step`` and K=0 there is none).
         """
         c = self.config
         K = c.K if K is None else K
+        context_input_ids = self.trim_padding(context_input_ids)  # every inner step then skips the all-pad columns
         outer = torch.is_grad_enabled() and c.grad_mode != "none"
         n_second = 0 if not (outer and c.grad_mode == "second") else min(K, c.last_K_second_order or K)
-        losses, grad_norms = [], []
+        wants_term = c.inner_loss_weight > 0 and torch.is_grad_enabled() and self.training
+        term_from_last_step = wants_term and c.inner_loss_memory == "last_step"
+        losses, grad_norms, loss = [], [], None
         with torch.enable_grad(), self._write_adapters():
             state = self.initial_state(context_input_ids.shape[0], detach=not outer)
             mem_start, opt_state = state[0], None
             for step in range(K):
-                second_order = step >= K - n_second
+                second_order, last = step >= K - n_second, step == K - 1
+                keep_loss = term_from_last_step and last
                 # only a second-order step keeps a graph worth trading for recomputation
-                step_fn = self._recomputed_inner_step if c.recompute_inner_steps and second_order else self.inner_step
-                state, opt_state, loss, norm = step_fn(state, opt_state, context_input_ids, step,
-                                                       create_graph=second_order)
+                if c.recompute_inner_steps and second_order:
+                    out = self._recomputed_inner_step(state, opt_state, context_input_ids, step, keep_last_chunk=last,
+                                                      keep_loss=keep_loss)
+                else:
+                    out = self.inner_step(state, opt_state, context_input_ids, step, create_graph=second_order,
+                                          keep_loss=keep_loss)
+                state, opt_state, loss, norm = out
                 if not outer:
                     state = [s.detach().requires_grad_() for s in state]
-                losses.append(loss.mean())
+                losses.append(loss.detach().mean())
                 grad_norms.append(norm.mean())
         if not outer:
             state = [s.detach() for s in state]
         memory = self.memory_embeddings(state)
-        final_loss = None
-        if c.inner_loss_weight > 0 and torch.is_grad_enabled() and self.training:
+        term = None
+        if term_from_last_step and K:
+            term = loss.mean()  # L_write(M_{K-1}), computed by the last inner step
+        elif wants_term and c.inner_loss_memory == "final":
             with self._write_adapters():
-                final_loss = self.write_loss(state, context_input_ids).mean()
+                term = self.write_loss(state, context_input_ids).mean()  # L_write(M_K): one more WRITE forward
         if not return_stats:
             return memory
         stats = {
@@ -377,16 +406,16 @@ class GradMemGPT(MemoryModel):
             "inner_grad_norm": torch.stack(grad_norms) if grad_norms else memory.new_zeros(0),  # [K]
             "mem_norm": per_sample_norm([memory.detach()]).mean(),
             "mem_delta": per_sample_norm([(state[0] - mem_start).detach()]).mean(),
-            "final_write_loss": final_loss,
+            "inner_loss_term": term,
         }
         return memory, stats
 
     def forward(self, context_input_ids, query_input_ids, labels=None, K=None, **unused) -> MemoryModelOutput:
         out = super().forward(context_input_ids, query_input_ids, labels, K=K)
-        final = out.stats.pop("final_write_loss")
+        term = out.stats.pop("inner_loss_term")
         if out.loss is not None:
             out.stats["read_loss"] = out.loss.detach()
-            if final is not None:
-                out.loss = out.loss + self.config.inner_loss_weight * final
-                out.stats["final_write_loss"] = final.detach()
+            if term is not None:
+                out.loss = out.loss + self.config.inner_loss_weight * term
+                out.stats["inner_loss_term"] = term.detach()
         return out

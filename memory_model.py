@@ -90,6 +90,13 @@ class MemoryModel(nn.Module):
                                  position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
+    def trim_padding(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``input_ids`` without the trailing columns that are padding in every row (at least one column
+        stays). Under causal attention no real token sees them and the losses mask them, so they only cost
+        time (a collator padding to a multiple of 8 adds up to 7)."""
+        used = (input_ids != self.pad_token_id).any(0).nonzero()  # columns with a real token in some row
+        return input_ids[:, : int(used.max()) + 1 if len(used) else 1]
+
     def context_nll(self, prefix: torch.Tensor, context_input_ids: torch.Tensor, head=None) -> torch.Tensor:
         """``[B]`` per-sample mean CE of each non-pad context token given ``[prefix; c_<t]``.
 

@@ -23,22 +23,30 @@ def make(base_model="llama", seed=0, **cfg):
 
 # --- an independent reference implementation of WRITE/READ, written straight on the HF model -----
 
-def reference_loss(model, batch, K, lr, create_graph):
-    """Outer loss with plain SGD inner steps; ``create_graph[k]`` says whether step k is second order."""
+def reference_write_loss(lm, memory, ctx):
+    """``[B]`` per-sample mean CE of the non-pad context tokens given ``[memory; c_<t]``."""
+    logits = lm(inputs_embeds=torch.cat([memory, lm.get_input_embeddings()(ctx)], 1)).logits
+    ce = F.cross_entropy(logits[:, memory.shape[1] - 1:-1].transpose(1, 2), ctx, reduction="none")
+    mask = (ctx != 0).double()
+    return (ce * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def reference_loss(model, batch, K, lr, create_graph, inner_loss_weight=0.0, inner_loss_memory="final"):
+    """Outer loss with plain SGD inner steps; ``create_graph[k]`` says whether step k is second order.
+    The inner-loss term is the WRITE loss at M_K (``final``) or the one step K-1 took (``last_step``)."""
     lm = model.lm
     ctx, qry, labels = batch["context_input_ids"], batch["query_input_ids"], batch["labels"]
-    emb = lm.get_input_embeddings()
     memory = model.mem_init.expand(ctx.shape[0], -1, -1)
     for k in range(K):
-        logits = lm(inputs_embeds=torch.cat([memory, emb(ctx)], 1)).logits
-        M = memory.shape[1]
-        ce = F.cross_entropy(logits[:, M - 1:-1].transpose(1, 2), ctx, reduction="none")
-        mask = (ctx != 0).double()
-        per_sample = (ce * mask).sum(1) / mask.sum(1).clamp(min=1)
-        (g,) = torch.autograd.grad(per_sample.sum(), memory, create_graph=create_graph[k])
+        write_loss = reference_write_loss(lm, memory, ctx)
+        (g,) = torch.autograd.grad(write_loss.sum(), memory, create_graph=create_graph[k], retain_graph=True)
         memory = memory - lr * g
-    logits = lm(inputs_embeds=torch.cat([memory, emb(qry)], 1)).logits[:, memory.shape[1]:]
-    return causal_lm_loss(logits, labels)
+    logits = lm(inputs_embeds=torch.cat([memory, lm.get_input_embeddings()(qry)], 1)).logits[:, memory.shape[1]:]
+    loss = causal_lm_loss(logits, labels)
+    if inner_loss_weight:
+        term = write_loss if inner_loss_memory == "last_step" else reference_write_loss(lm, memory, ctx)
+        loss = loss + inner_loss_weight * term.mean()
+    return loss
 
 
 def grads_of(loss, params):
@@ -92,6 +100,85 @@ def test_last_k_second_order_matches_hand_built_reference():
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     assert not torch.allclose(ours[0], full[0], rtol=1e-4)
+
+
+@pytest.mark.parametrize("grad_mode,recompute_chunks", [("second", 0), ("second", 1), ("second", 2), ("first", 0)],
+                         ids=["second", "second-recompute", "second-recompute-2chunks", "first"])
+@pytest.mark.parametrize("inner_loss_memory", ["final", "last_step"])
+def test_inner_loss_term_matches_reference(inner_loss_memory, grad_mode, recompute_chunks):
+    model = make(K=2, inner_lr=1.0, grad_mode=grad_mode, inner_loss_weight=0.5, inner_loss_memory=inner_loss_memory,
+                 recompute_inner_steps=recompute_chunks > 0, recompute_chunks=max(recompute_chunks, 1))
+    batch = kv_batch(3)
+    params = [model.mem_init] + list(model.lm.parameters())
+    out = model(**batch)
+    ours = grads_of(out.loss, params)
+    ref = grads_of(reference_loss(model, batch, 2, 1.0, [grad_mode == "second"] * 2, 0.5, inner_loss_memory), params)
+    other = "final" if inner_loss_memory == "last_step" else "last_step"
+    ref_other = grads_of(reference_loss(model, batch, 2, 1.0, [grad_mode == "second"] * 2, 0.5, other), params)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(ours[0], ref_other[0], rtol=1e-4)  # the two terms are different objectives
+    if inner_loss_memory == "last_step":
+        torch.testing.assert_close(out.stats["inner_loss_term"], out.stats["inner_loss"][-1], rtol=1e-12, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:inner_optimizer='adam' with K=1")
+@pytest.mark.parametrize("inner_loss_memory", ["final", "last_step"])
+@pytest.mark.parametrize("chunks", [1, 2])
+@pytest.mark.parametrize("inner_optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("K", [1, 2, 3])
+def test_recomputation_gives_identical_gradients(K, inner_optimizer, chunks, inner_loss_memory):
+    batch = kv_batch(3)
+    grads = []
+    for recompute in (False, True):
+        model = make(K=K, inner_lr=0.5, inner_optimizer=inner_optimizer, use_write_head=True, inner_loss_weight=0.5,
+                     inner_loss_memory=inner_loss_memory, recompute_inner_steps=recompute,
+                     recompute_chunks=chunks if recompute else 1)
+        grads.append(grads_of(model(**batch).loss, list(model.parameters())))
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)  # chunks of other sizes round differently
+
+
+@pytest.mark.parametrize("K,chunks,rebuilt", [(1, 1, 0), (1, 2, 1), (2, 1, 1), (2, 2, 3), (3, 2, 5)])
+def test_recomputation_rebuilds_all_but_the_last_chunk_of_the_last_step(K, chunks, rebuilt, monkeypatch):
+    """Each second-order chunk runs once forward; every chunk but the last of the last step runs again in the
+    backward (K=1 in one chunk rebuilds nothing: recomputation then costs nothing), and only after the
+    outer backward has gone through the kept chunk, whose graph is then freed."""
+    model = make(K=K, recompute_inner_steps=True, recompute_chunks=chunks)
+    inner_step, events, phase = model.inner_step, [], ["forward"]
+
+    def spy(state, *args, create_graph, **kwargs):
+        if phase[0] == "backward":
+            events.append("rebuild")
+        elif create_graph:  # a chunk that keeps its graph: note when the outer backward has gone through it
+            state[0].register_hook(lambda g: events.append("kept chunk done") if phase[0] == "backward" else None)
+        else:
+            events.append("forward only")
+        return inner_step(state, *args, create_graph=create_graph, **kwargs)
+
+    monkeypatch.setattr(model, "inner_step", spy)
+    loss = model(**kv_batch(4)).loss
+    phase[0] = "backward"
+    loss.backward()
+    assert events.count("forward only") == K * chunks - 1 and events.count("rebuild") == rebuilt
+    assert "rebuild" not in events[:events.index("kept chunk done")]
+
+
+def test_write_skips_columns_that_are_padding_in_every_row(monkeypatch):
+    model = make(K=2, inner_lr=1.0, inner_loss_weight=0.5, recompute_inner_steps=True)
+    batch = kv_batch(3)
+    padded = dict(batch, context_input_ids=F.pad(batch["context_input_ids"], (0, 9)))  # 9 more all-pad columns
+    widths, context_nll = [], model.context_nll
+    monkeypatch.setattr(model, "context_nll", lambda prefix, ids, head=None: widths.append(ids.shape[1]) or
+                        context_nll(prefix, ids, head))
+    params = list(model.parameters())
+    grads = [grads_of(model(**b).loss, params) for b in (batch, padded)]
+    assert set(widths) == {int((batch["context_input_ids"] != 0).sum(1).max())}
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    assert model.trim_padding(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 1)
 
 
 def test_grad_mode_none_leaves_mem_init_untrained():
@@ -203,6 +290,9 @@ OPTION_GRID = [
     dict(n_ctrl_tokens=1, grad_mode="first", use_write_head=True, inner_loss_weight=0.3),
     dict(inner_clip_value=0.01, inner_clip_norm=0.1),
     dict(use_write_head=True, inner_loss_weight=0.5),
+    dict(use_write_head=True, inner_loss_weight=0.5, inner_loss_memory="last_step", recompute_inner_steps=True),
+    dict(grad_mode="none", use_write_head=True, inner_loss_weight=0.5, inner_loss_memory="last_step"),
+    dict(gradient_checkpointing=True, inner_loss_weight=0.5, inner_loss_memory="last_step"),
     dict(freeze_backbone=True, inner_loss_weight=0.5, mem_proj_mode="proj"),
     dict(gradient_checkpointing=True, K=2),
     dict(K=3, last_K_second_order=2, n_ctrl_tokens=1),
@@ -271,7 +361,8 @@ def test_lora_is_active_in_write_only():
 def test_invalid_options_raise_at_construction():
     for bad in [dict(grad_mode="third"), dict(last_K_second_order=1, grad_mode="first"), dict(K=-1),
                 dict(inner_optimizer="rmsprop"), dict(mem_proj_mode="x"), dict(inner_lr=0),
-                dict(use_write_head=True, grad_mode="first"), dict(use_write_lora=True, grad_mode="none")]:
+                dict(use_write_head=True, grad_mode="first"), dict(use_write_lora=True, grad_mode="none"),
+                dict(inner_loss_memory="initial"), dict(K=0, inner_loss_weight=0.5, inner_loss_memory="last_step")]:
         with pytest.raises(ValueError, match="GradMemConfig"):
             GradMemConfig(**bad)
 

@@ -166,3 +166,40 @@ def test_pretrained_input_errors_are_one_clear_message_and_leave_nothing_on_disk
         with redirect_stderr(err):
             run(*args)
         assert message in err.getvalue(), (args, err.getvalue())
+
+
+class FixedLogits(torch.nn.Module):
+    """Returns logits that predict ``labels`` except where ``wrong`` ([B, Q] bool) marks a position."""
+
+    def forward(self, context_input_ids, query_input_ids, labels, K=None):
+        from memory_model import MemoryModelOutput
+
+        target = torch.cat([labels[:, 1:], labels[:, :1]], dim=1).clamp(min=0)  # logits[t] predicts labels[t+1]
+        target = torch.where(self.wrong, (target + 1) % 10, target)
+        logits = torch.nn.functional.one_hot(target, 600).float()
+        return MemoryModelOutput(loss=torch.tensor(0.0), logits=logits, stats={})
+
+
+@pytest.mark.parametrize("task_name", ["kv", "phonebook"])
+def test_teacher_forced_scores_on_hand_made_logits(task_name):
+    from accelerate import Accelerator
+
+    if task_name == "kv":
+        samples = [{"context": "!a:b!|", "query": "?!a:", "target": "bc!|"}] * 3
+        task, tok = KVTask(), TOKENIZER
+    else:
+        samples = [dict(SAMPLES[0], target="bathroom")] * 3
+        task, tok = task_class("phonebook")(), bpe_tokenizer()
+    batch = task.collator(tok)(samples)
+    first = int((batch["labels"][0] != -100).int().argmax())  # first target position
+    n_target = int((batch["labels"][0] != -100).sum())
+    model = FixedLogits()
+    model.wrong = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    model.wrong[1, first - 1] = True  # sample 1: the first target token predicted wrong
+    model.wrong[2, first + n_target - 2] = True  # sample 2: the last labelled token ('|' for KV, EOS for text)
+    metrics = training.evaluate(model, [batch], Accelerator(cpu=True), task, tok)
+    if task_name == "kv":  # target 'b','c','!','|': 2 scored tokens; '|' is a delimiter, so sample 2 is right
+        assert metrics["exact_match"] == pytest.approx(2 / 3) and metrics["token_accuracy"] == pytest.approx(5 / 6)
+    else:  # every target token and the EOS are scored
+        assert metrics["exact_match"] == pytest.approx(1 / 3)
+        assert metrics["token_accuracy"] == pytest.approx((3 * n_target - 2) / (3 * n_target))
