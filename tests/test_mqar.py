@@ -20,15 +20,6 @@ from rmt import RMT, RMTConfig
 MODEL_TYPES = tuple(CONFIGS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared machine's other jobs do not stall it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(model_type, dtype=torch.float64, seed=0, **overrides):
     torch.manual_seed(seed)
     kwargs = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, **overrides)
