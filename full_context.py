@@ -73,6 +73,8 @@ class FullContextLM(MemoryModel):
         size = torch.empty((), dtype=dtype or self.embed_dtype).element_size()
         if self.config.closed_book:
             return 0
+        if hasattr(self.lm, "state_bytes_per_context"):  # the MQAR models count their own cache or state
+            return self.lm.state_bytes_per_context(context_length, dtype=dtype or self.embed_dtype)
         if c.model_type == "mamba":
             return c.num_hidden_layers * c.intermediate_size * (c.state_size + c.conv_kernel) * size
         if context_length is None:
