@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig
 
 from cli import option
 from memory_model import MemoryModel, MemoryModelOutput, causal_lm_loss
@@ -60,9 +61,11 @@ class FullContextLM(MemoryModel):
         for n in lengths.unique().tolist():
             rows = (lengths == n).nonzero().flatten()
             prompt = ids[rows, :n]
-            full = self.lm.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                    max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                                    pad_token_id=self.pad_token_id)
+            # no EOS: exactly max_new_tokens tokens, EOS among them where the model predicts it (the caller cuts
+            # there), as MemoryModel.generate does; min_new_tokens would forbid EOS instead
+            config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=None,
+                                      pad_token_id=self.pad_token_id)
+            full = self.lm.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
             out[rows] = full[:, n:]
         return out
 

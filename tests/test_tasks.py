@@ -203,3 +203,18 @@ def test_teacher_forced_scores_on_hand_made_logits(task_name):
     else:  # every target token and the EOS are scored
         assert metrics["exact_match"] == pytest.approx(1 / 3)
         assert metrics["token_accuracy"] == pytest.approx((3 * n_target - 2) / (3 * n_target))
+
+
+def test_full_context_generation_may_emit_eos():
+    """Greedy decoding must not forbid EOS: a model whose argmax is EOS after the prompt generates EOS."""
+    tok = bpe_tokenizer(bos=True)
+    torch.manual_seed(0)
+    lm = training.build_backbone(training.BackboneConfig(n_layer=1, n_head=2, n_embd=16), tok)
+    with torch.no_grad():
+        lm.lm_head.weight.zero_()
+        lm.lm_head.weight[tok.eos_token_id] = 1.0
+        lm.lm_head.weight[tok.eos_token_id, 0] = 100.0  # EOS outscores every other token at every position
+    model = FullContextLM(lm).eval()
+    batch = TextCollator(tok)(SAMPLES)
+    new = model.generate(model.write(batch["context_input_ids"]), query_only(batch, tok.pad_token_id), max_new_tokens=3)
+    assert new.shape == (2, 3) and (new[:, 0] == tok.eos_token_id).all()
