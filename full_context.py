@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers import GenerationConfig
 
 from cli import option
@@ -61,12 +62,13 @@ class FullContextLM(MemoryModel):
         for n in lengths.unique().tolist():
             rows = (lengths == n).nonzero().flatten()
             prompt = ids[rows, :n]
-            # no EOS: exactly max_new_tokens tokens, EOS among them where the model predicts it (the caller cuts
-            # there), as MemoryModel.generate does; min_new_tokens would forbid EOS instead
+            # EOS may be generated (the caller cuts there; min_new_tokens would forbid it). Without an EOS of its
+            # own the model decodes max_new_tokens, as MemoryModel.generate does; a pretrained model's generation
+            # config may stop at EOS, and the rest is padding
             config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=None,
                                       pad_token_id=self.pad_token_id)
-            full = self.lm.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)
-            out[rows] = full[:, n:]
+            new = self.lm.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)[:, n:]
+            out[rows] = F.pad(new, (0, max_new_tokens - new.shape[1]), value=self.pad_token_id)
         return out
 
     def state_bytes_per_context(self, context_length: int | None = None, dtype=None) -> int:
