@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbones import BackboneConfig, build_backbone
+from backbones import ARCHITECTURES, BackboneConfig, build_backbone
 from grad_memgpt import GradMemConfig, GradMemGPT
 from helpers import TOKENIZER, kv_batch
 
@@ -18,6 +18,41 @@ def test_builds_from_local_config_with_tokenizer_ids(base_model):
     assert sum(1 for m in lm.modules() if isinstance(m, torch.nn.ModuleList)) >= 1
     out = lm(input_ids=kv_batch(2)["context_input_ids"])
     assert out.logits.shape[-1] == len(TOKENIZER)
+
+
+@pytest.mark.parametrize("base_model", ARCHITECTURES)
+def test_size_flags_reach_the_built_model(base_model):
+    lm = build_backbone(BackboneConfig(base_model=base_model, n_layer=3, n_head=4, n_embd=24, max_position_embeddings=77),
+                        TOKENIZER)
+    ids = kv_batch(2)["context_input_ids"]
+    attention = base_model != "mamba"  # mamba has no heads and no position embeddings
+    out = lm(input_ids=ids, output_hidden_states=True, output_attentions=attention)
+    assert len(out.hidden_states) == 1 + 3  # the embeddings, then one per layer
+    assert out.hidden_states[-1].shape == (2, ids.shape[1], 24)
+    if attention:
+        assert [a.shape[1] for a in out.attentions] == [4, 4, 4]  # heads that actually attend, per layer
+        positions = lm.transformer.wpe.num_embeddings if base_model == "gpt2" else lm.base_model.rotary_emb.max_seq_len_cached
+        assert positions == 77
+
+
+def dropout_rates(lm) -> list[float]:
+    """Every dropout probability inside ``lm``: nn.Dropout modules and attention modules' own rates."""
+    rates = [m.p for m in lm.modules() if isinstance(m, torch.nn.Dropout)]
+    return rates + [m.attention_dropout for m in lm.modules() if isinstance(getattr(m, "attention_dropout", None), float)]
+
+
+@pytest.mark.parametrize("base_model", ["llama", "gpt2", "gpt_neox", "pythia"])
+def test_dropout_reaches_every_dropout_of_the_built_model(base_model):
+    ids = kv_batch(2)["context_input_ids"]
+    for p in (0.0, 0.25):  # transformers' own defaults are 0.1 in places: 0.0 shows a rate left unset too
+        torch.manual_seed(0)
+        lm = build_backbone(BackboneConfig(base_model=base_model, n_layer=2, n_head=2, n_embd=16, dropout=p), TOKENIZER)
+        rates = dropout_rates(lm)
+        assert rates and all(r == p for r in rates), rates
+        lm.train()  # and it acts: two training passes differ only with dropout
+        assert torch.equal(lm(input_ids=ids).logits, lm(input_ids=ids).logits) == (p == 0)
+        lm.eval()
+        assert torch.equal(lm(input_ids=ids).logits, lm(input_ids=ids).logits)
 
 
 def test_reference_config_is_llama_l4_h4_d128():
