@@ -24,7 +24,8 @@ class BackboneConfig:
     n_head: int = option(4, "attention heads")
     n_embd: int = option(128, "hidden size")
     max_position_embeddings: int = option(2048, "longest sequence the position embeddings cover")
-    dropout: float = option(0.0, "all dropout of a from-scratch model (attention, residual, embedding)")
+    dropout: float = option(0.0, "every dropout of a from-scratch transformer: attention (llama); attention, residual "
+                            "and embedding (gpt2, gpt_neox); mamba has none")
     attn_implementation: str = option("eager", "transformers attention: eager (double-differentiable, needed for "
                                       "second order), sdpa, or a kernel registered by attn_double_bwd")
     pretrained_path: str | None = option(None, "local folder of a pretrained LM (overrides the architecture flags)")
@@ -35,6 +36,9 @@ class BackboneConfig:
             raise ValueError(f"base_model={self.base_model!r} is not one of {ARCHITECTURES}.")
         if self.gguf_file and not self.pretrained_path:
             raise ValueError("gguf_file needs pretrained_path: the folder that holds the GGUF file.")
+        if self.base_model == "mamba" and self.dropout and not self.pretrained_path:
+            raise ValueError(f"dropout={self.dropout}, but mamba has no dropout layers: set dropout to 0 or pick a "
+                             f"transformer (llama, gpt2, gpt_neox).")
         if self.base_model != "mamba" and self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}.")
 

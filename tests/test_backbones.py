@@ -67,6 +67,8 @@ def test_invalid_configs_raise():
         BackboneConfig(n_embd=30, n_head=4)
     with pytest.raises(ValueError, match="pretrained_path"):
         BackboneConfig(gguf_file="x.gguf")
+    with pytest.raises(ValueError, match="mamba has no dropout"):
+        BackboneConfig(base_model="mamba", dropout=0.1)
     with pytest.raises(FileNotFoundError, match="no pretrained model"):
         build_backbone(BackboneConfig(pretrained_path="/nonexistent"), TOKENIZER)
 
