@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from grad_memgpt import GradMemConfig, GradMemGPT, adam_update
-from helpers import (assert_generate_matches_teacher_forced_argmax, directional_fd, exact_match_after_training,
-                     kv_batch, tiny_lm)
+from helpers import (assert_generate_matches_teacher_forced_argmax, assert_ragged_batch_generates_as_one_at_a_time,
+                     directional_fd, exact_match_after_training, kv_batch, tiny_lm)
 from memory_model import load_memory, save_memory
 
 try:
@@ -365,6 +365,11 @@ def test_invalid_options_raise_at_construction():
 
 def test_generate_agrees_with_teacher_forced_argmax():
     assert_generate_matches_teacher_forced_argmax(make(K=1), kv_batch(3))
+
+
+def test_generating_a_ragged_batch_equals_one_sample_at_a_time():
+    # a large inner step makes each sample's memory, and so its answer, its own
+    assert_ragged_batch_generates_as_one_at_a_time(make(K=1, inner_lr=10.0, n_ctrl_tokens=1), kv_batch(4))
 
 
 def test_save_and_load_pretrained_and_memory(tmp_path):
