@@ -77,6 +77,25 @@ def test_sigterm_checkpoints_and_resume_reproduces_the_uninterrupted_run(tmp_pat
     assert ref_valid["loss"] == pytest.approx(res_valid["loss"], rel=1e-5)
 
 
+def test_resume_with_gradient_accumulation_across_epoch_boundaries_equals_the_uninterrupted_run(tmp_path):
+    # 40 samples in micro-batches of 4: 10 per epoch, 3 per optimizer step, so epochs end inside steps 4 and 7.
+    # The interrupted run stops after step 5 (mid-epoch) and resumes to step 8, across the second boundary.
+    flags = [*TINY, "--task_n_train", "40", "--per_device_batch_size", "4", "--gradient_accumulation_steps", "3",
+             "--learning_rate", "1e-2", "--log_steps", "1", "--eval_steps", "5", "--stop_at_exact_match", "2"]
+    training.run_experiment(GradMemGPT, [*flags, "--max_steps", "8", "--exp_path", str(tmp_path / "ref")])
+    training.run_experiment(GradMemGPT, [*flags, "--max_steps", "5", "--exp_path", str(tmp_path / "resumed")])
+    training.run_experiment(GradMemGPT, [*flags, "--max_steps", "8", "--exp_path", str(tmp_path / "resumed")])
+    ref, resumed = metrics(tmp_path / "ref"), metrics(tmp_path / "resumed")
+    losses = [[(r["step"], r["split"], r["loss"]) for r in rows] for rows in (ref, resumed)]
+    assert [s for s, _, _ in losses[0]] == [1, 2, 3, 4, 5, 5, 6, 7, 8, 8]
+    assert [(s, split) for s, split, _ in losses[1]] == [(s, split) for s, split, _ in losses[0]]
+    assert [x for _, _, x in losses[1]] == pytest.approx([x for _, _, x in losses[0]], rel=1e-6)
+    a = load_file(tmp_path / "ref" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "checkpoint" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-8)
+
+
 class FailingSave:
     """An accelerator whose save_state writes half a checkpoint, then dies."""
     is_main_process = True
