@@ -277,9 +277,11 @@ def train(model, cfg: TrainConfig, tokenizer, configs: dict) -> dict:
     from transformers import get_scheduler
 
     # an optimizer step is every gradient_accumulation_steps micro-batches, also where an epoch ends inside
-    # one (accelerate's default steps at each epoch's end, which a resumed run cannot replay)
+    # one (accelerate's default steps at each epoch's end, which a resumed run cannot replay); the schedule
+    # advances once per optimizer step (accelerate's default advances it once per process)
     accumulation = GradientAccumulationPlugin(num_steps=cfg.gradient_accumulation_steps, sync_with_dataloader=False)
-    accelerator = Accelerator(gradient_accumulation_plugin=accumulation, mixed_precision=cfg.mixed_precision)
+    accelerator = Accelerator(gradient_accumulation_plugin=accumulation, mixed_precision=cfg.mixed_precision,
+                              step_scheduler_with_optimizer=False)
     set_seed(cfg.seed)
     exp_path = Path(cfg.exp_path)
     full_config = {"train": dataclasses.asdict(cfg), "model_type": model.model_type,

@@ -207,8 +207,9 @@ def test_baseline_run_scripts_train(tmp_path, script, extra):
 
 @pytest.mark.parametrize("model_flags", [["--grad_mode", "second", "--K", "2"]], ids=["gradmem-second-order"])
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, model_flags):
-    flags = [*TINY_COMMON, "--n_mem_tokens", "2", *model_flags, "--max_steps", "1", "--eval_steps", "1",
-             "--log_steps", "1", "--max_grad_norm", "0", "--warmup_steps", "0"]
+    # a linear warmup over 4 steps: the learning rate after step s is s/4 of the peak, with any number of processes
+    flags = [*TINY_COMMON, "--n_mem_tokens", "2", *model_flags, "--max_steps", "2", "--eval_steps", "2",
+             "--log_steps", "1", "--max_grad_norm", "0", "--warmup_steps", "4"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     one = subprocess.run([sys.executable, str(ROOT / "run_gradmemgpt_on_kv_retrieval.py"), *flags,
                           "--per_device_batch_size", "8", "--exp_path", str(tmp_path / "one")],
@@ -219,7 +220,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, mo
                          cwd=ROOT, env=dict(env, NP="2", PY=sys.executable), capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stdout + two.stderr
     assert "2 process(es)" in two.stdout and "1 process(es)" in one.stdout
-    loss = [next(r["loss"] for r in metrics(tmp_path / run) if r["split"] == "train") for run in ("one", "two")]
+    for run in ("one", "two"):
+        assert [r["lr"] for r in metrics(tmp_path / run) if r["split"] == "train"] == pytest.approx([2.5e-4, 5e-4])
+    loss = [[r["loss"] for r in metrics(tmp_path / run) if r["split"] == "train"] for run in ("one", "two")]
     assert loss[0] == pytest.approx(loss[1], rel=1e-6)
     args = training.build_parser(GradMemGPT).parse_args(flags)
     torch.manual_seed(0)
