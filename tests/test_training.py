@@ -29,7 +29,9 @@ def run_script(script, *args, **popen):
 
 
 def metrics(exp):
-    return [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
+    """The rows of ``exp/metrics.jsonl``. A running process may be writing the last line: only lines that
+    end in a newline are complete."""
+    return [json.loads(line) for line in (exp / "metrics.jsonl").read_text().split("\n")[:-1]]
 
 
 def test_train_then_evaluate_with_another_k(tmp_path):
@@ -57,7 +59,7 @@ def test_sigterm_checkpoints_and_resume_reproduces_the_uninterrupted_run(tmp_pat
     exp = tmp_path / "interrupted"
     proc = run_script("run_gradmemgpt_on_kv_retrieval.py", *TINY, *steps, "--exp_path", str(exp))
     deadline = time.time() + 120
-    while time.time() < deadline and not ((exp / "metrics.jsonl").exists() and metrics(exp)[-1]["step"] >= 4):
+    while time.time() < deadline and not ((exp / "metrics.jsonl").exists() and any(r["step"] >= 4 for r in metrics(exp))):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]
