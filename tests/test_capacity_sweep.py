@@ -78,3 +78,11 @@ def test_curriculum_waits_for_the_previous_pair_count_and_skips_failed_runs():
 def test_unknown_model_names_fail_before_any_run():
     with pytest.raises(ValueError, match="unknown sweep model 'lstm'"):
         capacity_sweep.model_flags("lstm", TINY)
+
+
+def test_tuple_flags_parse(monkeypatch):
+    seen = []
+    monkeypatch.setattr(capacity_sweep, "sweep", seen.append)
+    capacity_sweep.main(["--models", "gradmem_k3", "rmt", "--pairs", "1", "4", "16", "--seeds", "0", "2", "--no-curriculum"])
+    cfg = seen[0]
+    assert (cfg.models, cfg.pairs, cfg.seeds, cfg.curriculum) == (("gradmem_k3", "rmt"), (1, 4, 16), (0, 2), False)
