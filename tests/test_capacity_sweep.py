@@ -86,3 +86,13 @@ def test_tuple_flags_parse(monkeypatch):
     capacity_sweep.main(["--models", "gradmem_k3", "rmt", "--pairs", "1", "4", "16", "--seeds", "0", "2", "--no-curriculum"])
     cfg = seen[0]
     assert (cfg.models, cfg.pairs, cfg.seeds, cfg.curriculum) == (("gradmem_k3", "rmt"), (1, 4, 16), (0, 2), False)
+
+
+def test_a_run_that_diverges_is_recorded_as_diverged(tmp_path):
+    # a huge learning rate: the weights overflow after a step or two, then every step is non-finite until
+    # training gives up (20 in a row)
+    cfg = capacity_sweep.SweepConfig(**{**TINY.__dict__, "out_dir": str(tmp_path / "results"),
+                                        "runs_dir": str(tmp_path / "runs"), "learning_rate": 1e30, "max_steps": 30,
+                                        "eval_steps": 30})
+    (row,) = capacity_sweep.run_one("rmt", 1, 0, cfg)
+    assert row["status"] == "diverged" and math.isnan(float(row["exact_match"]))
