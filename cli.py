@@ -45,8 +45,10 @@ def add_config_args(parser: argparse.ArgumentParser, cls, title: str | None = No
 
 
 def config_from_args(cls, args: argparse.Namespace, **overrides):
-    """Build ``cls`` from the parsed flags (fields missing from ``args`` keep their defaults)."""
+    """Build ``cls`` from the parsed flags (fields missing from ``args`` keep their defaults). A flag that
+    takes several values gives a tuple, as its field declares (argparse gives a list)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return cls(**{**values, **overrides})
 
 

@@ -265,12 +265,16 @@ def train(model, cfg: TrainConfig, task: Task, tokenizer, configs: dict) -> dict
     final evaluation, with ``stopped`` saying why the run ended. The data and tokenizer are checked before
     the run folder is created, so a bad input leaves nothing on disk."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import GradientAccumulationPlugin, set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                              mixed_precision=cfg.mixed_precision)
+    # an optimizer step is every gradient_accumulation_steps micro-batches, also where an epoch ends inside
+    # one (accelerate's default steps at each epoch's end, which a resumed run cannot replay); the schedule
+    # advances once per optimizer step (accelerate's default advances it once per process)
+    accumulation = GradientAccumulationPlugin(num_steps=cfg.gradient_accumulation_steps, sync_with_dataloader=False)
+    accelerator = Accelerator(gradient_accumulation_plugin=accumulation, mixed_precision=cfg.mixed_precision,
+                              step_scheduler_with_optimizer=False)
     set_seed(cfg.seed)
     exp_path = Path(cfg.exp_path)
     full_config = {"train": dataclasses.asdict(cfg), "model_type": model.model_type, "task_name": task.name,

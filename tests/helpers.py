@@ -94,6 +94,29 @@ def assert_generate_matches_teacher_forced_argmax(model, batch, max_new_tokens=4
     torch.testing.assert_close(logits[:, q_len - 1:-1].argmax(-1), new)
 
 
+def assert_ragged_batch_generates_as_one_at_a_time(model, batch, max_new_tokens=4):
+    """Greedy generation for a batch of contexts and queries of different lengths (right padding) equals
+    generating for each sample alone, unpadded. Queries end early and contexts are cut, so that samples
+    share a query length (1 and 2), or a total length (0 and 1, for a full-context model), or nothing."""
+    q_len = int((batch["labels"][0] == -100).sum())  # every KV query has the same length, and every context
+    c_len = int((batch["context_input_ids"][0] != 0).sum())
+    ctx_lengths, q_lengths = [c_len, c_len - 2, c_len, c_len - 3], [q_len - 2, q_len, q_len, q_len - 1]
+    context, query = batch["context_input_ids"][:4].clone(), batch["query_input_ids"][:4, :q_len].clone()
+    for b in range(4):
+        context[b, ctx_lengths[b]:] = 0
+        query[b, q_lengths[b]:] = 0
+    with torch.no_grad():
+        batched = model.generate(model.write(context), query, max_new_tokens=max_new_tokens)
+        for b in range(4):
+            alone = model.generate(model.write(context[b:b + 1, :ctx_lengths[b]]), query[b:b + 1, :q_lengths[b]],
+                                   max_new_tokens=max_new_tokens)
+            assert torch.equal(batched[b], alone[0]), (b, batched, alone)
+        # a mix-up would show: the four answers differ, and samples 1 and 2 (one group) answer from their context
+        swapped = model.generate(model.write(context[[0, 2, 1, 3]]), query, max_new_tokens=max_new_tokens)
+    assert len({tuple(row) for row in batched.tolist()}) == 4, batched
+    assert not torch.equal(swapped[1:3], batched[1:3])
+
+
 BPE_CORPUS = ["Mary moved to the bathroom. John went to the hallway. Where is Mary? bathroom",
               "Question: What is the phone number of Alice Smith?\nAnswer: 555-0134",
               "The tower was built in 1889 by Gustave Eiffel in Paris, France.",

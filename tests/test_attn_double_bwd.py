@@ -122,35 +122,42 @@ def test_recomputation_replays_the_dropout_of_each_step():
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-13)
 
 
-# --- gradmem_triton: fp32 against the reference (on CPU through TRITON_INTERPRET=1) -----------------
+# --- gradmem_triton: fp32 against the reference, on CUDA when there is one, else on CPU through
+# TRITON_INTERPRET=1 (conftest sets it only when CUDA is absent: CPU tensors need the interpreter) ----------
+
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 @pytest.mark.parametrize("shape", [dict(T=20, S=37, D=8), dict(T=16, S=16, D=16, H=4, H_kv=2), dict(T=3, S=5, D=4, B=1)],
                          ids=["ragged", "gqa", "tiny"])
 def test_triton_matches_reference_to_second_order(shape):
     from attn_double_bwd.triton_attention import triton_attention
 
-    q, k, v = (t.detach().float().requires_grad_() for t in qkv(**{"B": 2, "H": 2, "H_kv": 2, **shape}))
-    bias = causal_padding_bias(q.shape[0], q.shape[2], k.shape[2], pad_last=2).float()
+    q, k, v = (t.detach().float().to(TRITON_DEVICE).requires_grad_() for t in qkv(**{"B": 2, "H": 2, "H_kv": 2, **shape}))
+    bias = causal_padding_bias(q.shape[0], q.shape[2], k.shape[2], pad_last=2).float().to(TRITON_DEVICE)
     out, ref = triton_attention(q, k, v, bias), reference_attention(q, k, v, bias)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=2e-6)
-    w = torch.randn_like(out)
+    g = torch.Generator().manual_seed(2)
+    # the incoming gradient d_out = w is an input of the backward too: double backward returns grad_do for it
+    w = torch.randn(out.shape, generator=g).to(TRITON_DEVICE).requires_grad_()
     g1 = torch.autograd.grad((out * w).sum(), (q, k, v), create_graph=True)
     g2 = torch.autograd.grad((ref * w).sum(), (q, k, v), create_graph=True)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=5e-6)
-    u = [torch.randn_like(g) for g in g1]
-    h1 = torch.autograd.grad(sum((a * b).sum() for a, b in zip(g1, u)), (q, k, v))
-    h2 = torch.autograd.grad(sum((a * b).sum() for a, b in zip(g2, u)), (q, k, v))
+    u = [torch.randn(t.shape, generator=g).to(TRITON_DEVICE) for t in g1]
+    h1 = torch.autograd.grad(sum((a * b).sum() for a, b in zip(g1, u)), (q, k, v, w))
+    h2 = torch.autograd.grad(sum((a * b).sum() for a, b in zip(g2, u)), (q, k, v, w))
     for a, b in zip(h1, h2):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)
 
 
 def test_second_order_gradmem_step_with_triton_matches_eager():
-    batch = kv_batch(2)
+    batch = {k: v.to(TRITON_DEVICE) for k, v in kv_batch(2).items()}
     grads = []
     for impl in ("eager", "gradmem_triton"):
         torch.manual_seed(0)
         model = GradMemGPT(tiny_lm(dtype=torch.float32), GradMemConfig(K=2, inner_lr=1.0, attn_implementation=impl))
+        model.to(TRITON_DEVICE)
         grads.append(torch.autograd.grad(model(**batch).loss, list(model.parameters())))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -1,20 +1,34 @@
 import csv
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
 import capacity_sweep
+import training
 from conftest import ROOT
+from full_context import FullContextLM
+from grad_memgpt import GradMemGPT
+from rmt import RMT
 
-TINY = capacity_sweep.SweepConfig(models=("gradmem_k1", "rmt", "full_context"), pairs=(1, 2, 8), seeds=(0,),
-                                  n_mem_tokens=2, n_layer=1, n_head=2, n_embd=16, vocab_size=4, n_train=200, n_valid=16,
-                                  max_steps=2, eval_steps=2, parallel=2)
+# Four runs: at 1 pair both models train; 8 pairs from a 4-key alphabet cannot be generated, so those runs
+# fail (after their config is written), each started from its model's 1-pair run.
+TINY = capacity_sweep.SweepConfig(models=("gradmem_k1", "rmt"), pairs=(1, 8), seeds=(0,), n_mem_tokens=2, n_layer=1,
+                                  n_head=2, n_embd=16, vocab_size=4, n_train=200, n_valid=16, max_steps=2, eval_steps=2,
+                                  parallel=2)
+
+
+def tiny_sweep(tmp, **overrides):
+    return capacity_sweep.SweepConfig(**{**TINY.__dict__, "out_dir": str(tmp / "results"), "runs_dir": str(tmp / "runs"),
+                                         **overrides})
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sweep")
-    cfg = capacity_sweep.SweepConfig(**{**TINY.__dict__, "out_dir": str(tmp / "results"), "runs_dir": str(tmp / "runs")})
+    cfg = tiny_sweep(tmp_path_factory.mktemp("sweep"))
     return cfg, capacity_sweep.sweep(cfg)
 
 
@@ -25,21 +39,85 @@ def test_sweep_writes_well_formed_rows_and_plots(swept):
         written = list(csv.DictReader(f))
     assert tuple(written[0]) == capacity_sweep.COLUMNS and len(written) == len(rows)
     ok = [r for r in written if r["status"] == "ok"]
-    # gradmem_k1 evaluates at K_test 1 and 2; rmt and full context once; pairs 1 and 2 train
-    assert sorted((r["model"], r["n_pairs"], r["K_test"]) for r in ok) == sorted(
-        [("gradmem_k1", n, k) for n in ("1", "2") for k in ("1", "2")] + [(m, n, "") for m in ("rmt", "full_context") for n in ("1", "2")])
+    # gradmem_k1 evaluates at K_test 1 and 2, rmt once
+    assert sorted((r["model"], r["n_pairs"], r["K_test"]) for r in ok) == [
+        ("gradmem_k1", "1", "1"), ("gradmem_k1", "1", "2"), ("rmt", "1", "")]
     assert all(0 <= float(r["exact_match"]) <= 1 and int(r["steps"]) == 2 and float(r["wall_time_s"]) > 0 for r in ok)
-    # the curriculum: each chain's 2-pair run starts from its 1-pair run, the 8-pair run from the 2-pair run
-    assert {(r["n_pairs"], r["init_from"]) for r in written if r["model"] == "rmt"} == {
-        ("1", ""), ("2", "rmt_N1_s0"), ("8", "rmt_N2_s0")}
-    # 8 pairs from a 4-key alphabet cannot be generated: a failed row per model, not a silent omission
+    # a failed run is a row with its status, not a silent omission
     failed = [r for r in written if r["status"] != "ok"]
-    assert sorted(r["model"] for r in failed) == ["full_context", "gradmem_k1", "rmt"]
+    assert sorted(r["model"] for r in failed) == ["gradmem_k1", "rmt"]
     assert all(r["n_pairs"] == "8" and "distinct keys" in r["status"] and math.isnan(float(r["exact_match"])) for r in failed)
     table = (path / "capacity.md").read_text()
-    assert "| rmt |" in table and "| 1 / 2 |" in table and table.count("1 failed") == 3
+    assert "| rmt |" in table and "| 1 / 2 |" in table and table.count("1 failed") == 2
     for png in ("capacity.png", "k_extrapolation.png"):
         assert (path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curriculum_runs_start_from_the_previous_pair_counts_best_weights(swept):
+    cfg, rows = swept
+    assert {(r["model"], r["n_pairs"], r["init_from"]) for r in rows} == {
+        ("gradmem_k1", 1, ""), ("gradmem_k1", 8, "gradmem_k1_N1_s0"), ("rmt", 1, ""), ("rmt", 8, "rmt_N1_s0")}
+    for name in ("gradmem_k1", "rmt"):  # the child run itself got the flag
+        config = json.loads((capacity_sweep.run_dir(cfg, name, 8, 0) / "config.json").read_text())
+        assert config["train"]["init_checkpoint"] == str(capacity_sweep.run_dir(cfg, name, 1, 0) / "best")
+        assert config["train"]["task_n_pairs"] == 8
+
+
+SCRIPT_MODELS = {"run_gradmemgpt_on_kv_retrieval.py": GradMemGPT, "run_rmt_on_kv_retrieval.py": RMT,
+                 "run_gpt2_on_kv_retrieval.py": FullContextLM}
+
+
+@pytest.mark.parametrize("name", ["gradmem_k3", "rmt", "full_context"])
+def test_each_child_command_parses_with_its_run_scripts_flags(tmp_path, name):
+    cfg = tiny_sweep(tmp_path, inner_lr=0.25, learning_rate=3e-3, key_len=2)
+    cmd = capacity_sweep.child_command(name, 4, 1, cfg, init_from=f"{name}_N2_s1")
+    script = capacity_sweep.Path(cmd[1]).name
+    args = training.build_parser(SCRIPT_MODELS[script]).parse_args(cmd[2:])
+    assert args.init_checkpoint == str(tmp_path / "runs" / f"{name}_N2_s1" / "best")
+    assert args.exp_path == str(tmp_path / "runs" / f"{name}_N4_s1")
+    assert (args.task_n_pairs, args.seed, args.task_key_len, args.learning_rate, args.n_embd) == (4, 1, 2, 3e-3, 16)
+    if name == "gradmem_k3":
+        assert (args.K, args.grad_mode, args.inner_lr, args.n_mem_tokens) == (3, "second", 0.25, 2)
+    if name == "rmt":
+        assert (args.mem_proj_mode, args.n_mem_tokens) == ("proj", 2)
+    assert "--init_checkpoint" not in capacity_sweep.child_command(name, 1, 1, cfg)
+
+
+def parsed_sweep_flags(argv, monkeypatch) -> capacity_sweep.SweepConfig:
+    seen = []
+    monkeypatch.setattr(capacity_sweep, "sweep", seen.append)
+    capacity_sweep.main(argv)
+    return seen[0]
+
+
+def test_tuple_flags_parse(monkeypatch):
+    cfg = parsed_sweep_flags(["--models", "gradmem_k3", "rmt", "--pairs", "1", "4", "16", "--seeds", "0", "2",
+                              "--no-curriculum"], monkeypatch)
+    assert (cfg.models, cfg.pairs, cfg.seeds, cfg.curriculum) == (("gradmem_k3", "rmt"), (1, 4, 16), (0, 2), False)
+
+
+def test_the_shell_presets_parse(tmp_path, monkeypatch):
+    fake_python = tmp_path / "python"  # records the arguments capacity_sweep.sh hands to python
+    fake_python.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(tmp_path / 'argv')!r}, 'w'))\n")
+    fake_python.chmod(0o755)
+    for env, expected in [({"SCALE": "paper"}, dict(pairs=(8, 16, 32, 64, 96), n_embd=128, inner_optimizer="sgd",
+                                                      models=("gradmem_k1", "gradmem_k5", "rmt", "full_context"))),
+                          ({"PAIRS": "2 4", "SEEDS": "5", "MODELS": "rmt gradmem_k2"},
+                           dict(pairs=(2, 4), seeds=(5,), models=("rmt", "gradmem_k2"), n_embd=64))]:
+        subprocess.run(["bash", str(ROOT / "scripts" / "capacity_sweep.sh")], check=True,
+                       env={**os.environ, "PY": str(fake_python), **env})
+        argv = json.loads((tmp_path / "argv").read_text())
+        assert argv[0] == "capacity_sweep.py"
+        cfg = parsed_sweep_flags(argv[1:], monkeypatch)
+        assert {k: getattr(cfg, k) for k in expected} == expected
+
+
+def test_a_run_that_diverges_is_recorded_as_diverged(tmp_path):
+    # a huge learning rate: the weights overflow after a step or two, then every step is non-finite until
+    # training gives up (20 in a row)
+    cfg = tiny_sweep(tmp_path, learning_rate=1e30, max_steps=30, eval_steps=30)
+    (row,) = capacity_sweep.run_one("rmt", 1, 0, cfg)
+    assert row["status"] == "diverged" and math.isnan(float(row["exact_match"]))
 
 
 def test_a_second_invocation_skips_what_is_done(swept, capsys):

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from grad_memgpt import GradMemConfig, GradMemGPT, adam_update
-from helpers import (assert_generate_matches_teacher_forced_argmax, directional_fd, exact_match_after_training,
-                     kv_batch, tiny_lm)
-from memory_model import causal_lm_loss, load_memory, save_memory
+from helpers import (assert_generate_matches_teacher_forced_argmax, assert_ragged_batch_generates_as_one_at_a_time,
+                     directional_fd, exact_match_after_training, kv_batch, tiny_lm)
+from memory_model import load_memory, save_memory
 
 try:
     import peft  # noqa: F401
@@ -23,28 +23,60 @@ def make(base_model="llama", seed=0, **cfg):
 
 # --- an independent reference implementation of WRITE/READ, written straight on the HF model -----
 
-def reference_write_loss(lm, memory, ctx):
-    """``[B]`` per-sample mean CE of the non-pad context tokens given ``[memory; c_<t]``."""
-    logits = lm(inputs_embeds=torch.cat([memory, lm.get_input_embeddings()(ctx)], 1)).logits
-    ce = F.cross_entropy(logits[:, memory.shape[1] - 1:-1].transpose(1, 2), ctx, reduction="none")
+def reference_context_nll(lm, prefix, ctx):
+    """``[B]``: mean CE of each non-pad context token given ``[prefix; c_<t]``."""
+    logits = lm(inputs_embeds=torch.cat([prefix, lm.get_input_embeddings()(ctx)], 1)).logits
+    P = prefix.shape[1]
+    ce = F.cross_entropy(logits[:, P - 1:-1].transpose(1, 2), ctx, reduction="none")
     mask = (ctx != 0).double()
     return (ce * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-def reference_loss(model, batch, K, lr, create_graph, inner_loss_weight=0.0, inner_loss_memory="final"):
+def reference_memory(model, state):
+    """What the LM reads: the memory ``[B, M, d]``, through the shared or the per-sample linear map."""
+    memory = state[0]
+    if model.config.mem_proj_mode == "proj":
+        return memory @ model.mem_proj.weight.T + model.mem_proj.bias
+    if model.config.mem_proj_mode == "per_sample":
+        weight, bias = state[1], state[2]  # [B, d, d], [B, d]
+        return memory @ weight.transpose(1, 2) + bias[:, None, :]
+    return memory
+
+
+def reference_clip(grads, clip_value=None, clip_norm=None):
+    """Clip each element to [-clip_value, clip_value], then rescale each sample's gradient (all inner
+    parameters together) to norm at most clip_norm."""
+    if clip_value is not None:
+        grads = [torch.where(g.abs() > clip_value, clip_value * g.sign(), g) for g in grads]
+    if clip_norm is not None:
+        scales = []
+        for b in range(grads[0].shape[0]):
+            norm = torch.cat([g[b].flatten() for g in grads]).norm()
+            scales.append(torch.minimum(clip_norm / (norm + 1e-6), torch.ones_like(norm)))
+        grads = [torch.stack([g[b] * scales[b] for b in range(len(scales))]) for g in grads]
+    return grads
+
+
+def reference_loss(model, batch, lr, create_graph, clip_value=None, clip_norm=None, inner_loss_weight=0.0,
+                   inner_loss_memory="final"):
     """Outer loss with plain SGD inner steps; ``create_graph[k]`` says whether step k is second order.
     The inner-loss term is the WRITE loss at M_K (``final``) or the one step K-1 took (``last_step``)."""
     lm = model.lm
     ctx, qry, labels = batch["context_input_ids"], batch["query_input_ids"], batch["labels"]
-    memory = model.mem_init.expand(ctx.shape[0], -1, -1)
-    for k in range(K):
-        write_loss = reference_write_loss(lm, memory, ctx)
-        (g,) = torch.autograd.grad(write_loss.sum(), memory, create_graph=create_graph[k], retain_graph=True)
-        memory = memory - lr * g
+    B = ctx.shape[0]
+    state = [model.mem_init.expand(B, -1, -1)]
+    if model.config.mem_proj_mode == "per_sample":
+        state += [model.proj_weight_init.expand(B, -1, -1), model.proj_bias_init.expand(B, -1)]
+    for second_order in create_graph:
+        write_loss = reference_context_nll(lm, reference_memory(model, state), ctx)
+        grads = torch.autograd.grad(write_loss.sum(), state, create_graph=second_order, retain_graph=True)
+        grads = reference_clip(grads, clip_value, clip_norm)
+        state = [s - lr * g for s, g in zip(state, grads)]
+    memory = reference_memory(model, state)
     logits = lm(inputs_embeds=torch.cat([memory, lm.get_input_embeddings()(qry)], 1)).logits[:, memory.shape[1]:]
-    loss = causal_lm_loss(logits, labels)
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
     if inner_loss_weight:
-        term = write_loss if inner_loss_memory == "last_step" else reference_write_loss(lm, memory, ctx)
+        term = write_loss if inner_loss_memory == "last_step" else reference_context_nll(lm, memory, ctx)
         loss = loss + inner_loss_weight * term.mean()
     return loss
 
@@ -75,7 +107,7 @@ def test_second_order_matches_reference():
     batch = kv_batch(3)
     params = [model.mem_init] + list(model.lm.parameters())
     ours = grads_of(model(**batch).loss, params)
-    ref = grads_of(reference_loss(model, batch, 3, 1.0, [True] * 3), params)
+    ref = grads_of(reference_loss(model, batch, 1.0, [True] * 3), params)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
@@ -85,7 +117,7 @@ def test_first_order_equals_detached_reference():
     batch = kv_batch(3)
     params = [model.mem_init] + list(model.lm.parameters())
     ours = grads_of(model(**batch).loss, params)
-    ref = grads_of(reference_loss(model, batch, 2, 1.0, [False, False]), params)
+    ref = grads_of(reference_loss(model, batch, 1.0, [False, False]), params)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
@@ -95,8 +127,8 @@ def test_last_k_second_order_matches_hand_built_reference():
     batch = kv_batch(3)
     params = [model.mem_init] + list(model.lm.parameters())
     ours = grads_of(model(**batch).loss, params)
-    ref = grads_of(reference_loss(model, batch, 3, 1.0, [False, False, True]), params)
-    full = grads_of(reference_loss(model, batch, 3, 1.0, [True] * 3), params)
+    ref = grads_of(reference_loss(model, batch, 1.0, [False, False, True]), params)
+    full = grads_of(reference_loss(model, batch, 1.0, [True] * 3), params)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     assert not torch.allclose(ours[0], full[0], rtol=1e-4)
@@ -112,9 +144,11 @@ def test_inner_loss_term_matches_reference(inner_loss_memory, grad_mode, recompu
     params = [model.mem_init] + list(model.lm.parameters())
     out = model(**batch)
     ours = grads_of(out.loss, params)
-    ref = grads_of(reference_loss(model, batch, 2, 1.0, [grad_mode == "second"] * 2, 0.5, inner_loss_memory), params)
+    ref = grads_of(reference_loss(model, batch, 1.0, [grad_mode == "second"] * 2, inner_loss_weight=0.5,
+                                        inner_loss_memory=inner_loss_memory), params)
     other = "final" if inner_loss_memory == "last_step" else "last_step"
-    ref_other = grads_of(reference_loss(model, batch, 2, 1.0, [grad_mode == "second"] * 2, 0.5, other), params)
+    ref_other = grads_of(reference_loss(model, batch, 1.0, [grad_mode == "second"] * 2, inner_loss_weight=0.5,
+                                              inner_loss_memory=other), params)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     assert not torch.allclose(ours[0], ref_other[0], rtol=1e-4)  # the two terms are different objectives
@@ -179,6 +213,56 @@ def test_write_skips_columns_that_are_padding_in_every_row(monkeypatch):
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
     assert model.trim_padding(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 1)
+
+
+def perturb_memory_maps(model):
+    """Move the memory maps off their identity start, so that a transposed or skipped map shows."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith(("mem_proj", "proj_")):
+                p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+# Inner gradient norms here: ~0.36 per sample (elements up to ~0.23); with the perturbed per-sample map,
+# ~0.033 for the memory and ~0.044 for memory and map together. Each threshold below bites;
+# clip_norm=0.36 clips only some samples, and 0.04 clips only if the map's gradient counts.
+REFERENCE_GRID = [
+    dict(inner_clip_value=0.02),
+    dict(inner_clip_norm=0.3),
+    dict(inner_clip_norm=0.36),
+    dict(inner_clip_value=0.05, inner_clip_norm=0.2),
+    dict(mem_proj_mode="proj"),
+    dict(mem_proj_mode="per_sample"),
+    dict(mem_proj_mode="per_sample", inner_clip_norm=0.04),
+    dict(inner_loss_weight=0.7),
+    dict(inner_loss_weight=0.7, grad_mode="first"),
+    dict(inner_loss_weight=0.7, mem_proj_mode="per_sample", inner_clip_norm=0.04),
+]
+
+
+@pytest.mark.parametrize("options", REFERENCE_GRID, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_option_matches_hand_written_reference(options):
+    model = make(K=2, inner_lr=1.0, **options).train()
+    perturb_memory_maps(model)
+    cfg = model.config
+    batch = kv_batch(3)
+    ref_args = dict(clip_value=cfg.inner_clip_value, clip_norm=cfg.inner_clip_norm)
+    create_graph = [cfg.grad_mode == "second"] * 2
+    params = list(model.parameters())
+    out = model(**batch)
+    ref = reference_loss(model, batch, 1.0, create_graph, inner_loss_weight=cfg.inner_loss_weight, **ref_args)
+    torch.testing.assert_close(out.loss, ref, rtol=1e-12, atol=0)
+    for a, b in zip(grads_of(out.loss, params), grads_of(ref, params)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    if cfg.inner_clip_value or cfg.inner_clip_norm:  # the thresholds bite
+        unclipped = reference_loss(model, batch, 1.0, create_graph, inner_loss_weight=cfg.inner_loss_weight)
+        assert abs(unclipped.item() - ref.item()) > 1e-6
+    if cfg.inner_loss_weight:
+        read_only = reference_loss(model, batch, 1.0, create_graph, **ref_args)
+        torch.testing.assert_close(out.stats["read_loss"], read_only.detach(), rtol=1e-12, atol=0)
+        with torch.no_grad():  # evaluation reports the READ loss alone
+            torch.testing.assert_close(model.eval()(**batch).loss, read_only.detach(), rtol=1e-12, atol=0)
 
 
 def test_grad_mode_none_leaves_mem_init_untrained():
@@ -369,6 +453,11 @@ def test_invalid_options_raise_at_construction():
 
 def test_generate_agrees_with_teacher_forced_argmax():
     assert_generate_matches_teacher_forced_argmax(make(K=1), kv_batch(3))
+
+
+def test_generating_a_ragged_batch_equals_one_sample_at_a_time():
+    # a large inner step makes each sample's memory, and so its answer, its own
+    assert_ragged_batch_generates_as_one_at_a_time(make(K=1, inner_lr=10.0, n_ctrl_tokens=1), kv_batch(4))
 
 
 def test_save_and_load_pretrained_and_memory(tmp_path):

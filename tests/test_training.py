@@ -30,7 +30,9 @@ def run_script(script, *args, **popen):
 
 
 def metrics(exp):
-    return [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
+    """The rows of ``exp/metrics.jsonl``. A running process may be writing the last line: only lines that
+    end in a newline are complete."""
+    return [json.loads(line) for line in (exp / "metrics.jsonl").read_text().split("\n")[:-1]]
 
 
 def test_train_then_evaluate_with_another_k(tmp_path):
@@ -50,15 +52,14 @@ def test_train_then_evaluate_with_another_k(tmp_path):
     assert "inner_loss_2" in out  # the evaluation really ran 3 inner steps
 
 
-def test_sigterm_checkpoints_and_resume_reproduces_the_uninterrupted_run(tmp_path):
+def test_sigterm_checkpoints_and_resume_reproduces_the_uninterrupted_run(tmp_path, capsys):
     steps = ["--max_steps", "14", "--eval_steps", "100", "--save_steps", "100"]
-    ref = run_script("run_gradmemgpt_on_kv_retrieval.py", *TINY, *steps, "--exp_path", str(tmp_path / "ref"))
-    assert ref.wait(timeout=300) == 0, ref.stdout.read()
+    training.run_experiment(GradMemGPT, [*TINY, *steps, "--exp_path", str(tmp_path / "ref")])
 
-    exp = tmp_path / "interrupted"
+    exp = tmp_path / "interrupted"  # only the run that gets the signal needs a process of its own
     proc = run_script("run_gradmemgpt_on_kv_retrieval.py", *TINY, *steps, "--exp_path", str(exp))
     deadline = time.time() + 120
-    while time.time() < deadline and not ((exp / "metrics.jsonl").exists() and metrics(exp)[-1]["step"] >= 4):
+    while time.time() < deadline and not ((exp / "metrics.jsonl").exists() and any(r["step"] >= 4 for r in metrics(exp))):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]
@@ -66,9 +67,9 @@ def test_sigterm_checkpoints_and_resume_reproduces_the_uninterrupted_run(tmp_pat
     state = json.loads((exp / "checkpoint" / "trainer_state.json").read_text())
     assert "stopped (signal)" in output and 4 <= state["step"] < 14
 
-    resumed = run_script("run_gradmemgpt_on_kv_retrieval.py", *TINY, *steps, "--exp_path", str(exp))
-    output = resumed.communicate(timeout=300)[0]
-    assert resumed.returncode == 0 and f"resumed from {exp / 'checkpoint'} at step {state['step']}" in output
+    capsys.readouterr()
+    training.run_experiment(GradMemGPT, [*TINY, *steps, "--exp_path", str(exp)])
+    assert f"resumed from {exp / 'checkpoint'} at step {state['step']}" in capsys.readouterr().out
     a, b = load_file(tmp_path / "ref" / "checkpoint" / "model.safetensors"), load_file(exp / "checkpoint" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-7)
@@ -76,6 +77,25 @@ def test_sigterm_checkpoints_and_resume_reproduces_the_uninterrupted_run(tmp_pat
     res_valid = [r for r in metrics(exp) if r["split"] == "valid"][-1]
     assert ref_valid["exact_match"] == res_valid["exact_match"]
     assert ref_valid["loss"] == pytest.approx(res_valid["loss"], rel=1e-5)
+
+
+def test_resume_with_gradient_accumulation_across_epoch_boundaries_equals_the_uninterrupted_run(tmp_path):
+    # 40 samples in micro-batches of 4: 10 per epoch, 3 per optimizer step, so epochs end inside steps 4 and 7.
+    # The interrupted run stops after step 5 (mid-epoch) and resumes to step 8, across the second boundary.
+    flags = [*TINY, "--task_n_train", "40", "--per_device_batch_size", "4", "--gradient_accumulation_steps", "3",
+             "--learning_rate", "1e-2", "--log_steps", "1", "--eval_steps", "5", "--stop_at_exact_match", "2"]
+    training.run_experiment(GradMemGPT, [*flags, "--max_steps", "8", "--exp_path", str(tmp_path / "ref")])
+    training.run_experiment(GradMemGPT, [*flags, "--max_steps", "5", "--exp_path", str(tmp_path / "resumed")])
+    training.run_experiment(GradMemGPT, [*flags, "--max_steps", "8", "--exp_path", str(tmp_path / "resumed")])
+    ref, resumed = metrics(tmp_path / "ref"), metrics(tmp_path / "resumed")
+    losses = [[(r["step"], r["split"], r["loss"]) for r in rows] for rows in (ref, resumed)]
+    assert [s for s, _, _ in losses[0]] == [1, 2, 3, 4, 5, 5, 6, 7, 8, 8]
+    assert [(s, split) for s, split, _ in losses[1]] == [(s, split) for s, split, _ in losses[0]]
+    assert [x for _, _, x in losses[1]] == pytest.approx([x for _, _, x in losses[0]], rel=1e-6)
+    a = load_file(tmp_path / "ref" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "checkpoint" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-8)
 
 
 class FailingSave:
@@ -149,16 +169,18 @@ def test_many_non_finite_steps_in_a_row_stop_with_a_clear_error(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--data_path", "/no/such/data"], "dataset path /no/such/data does not exist"),
     (["--tokenizer_path", "/no/such/tok"], "no tokenizer at /no/such/tok"),
-    (["--tokenizer_path", "tokenizers/kv_alphabet_512", "--pretrained_path", "PRETRAINED"], "the tokenizer has 520 tokens"),
+    (["--tokenizer_path", str(ROOT / "tokenizers" / "kv_alphabet_512"), "--pretrained_path", "PRETRAINED"],
+     "the tokenizer has 520 tokens"),
 ])
-def test_wrong_paths_and_vocab_mismatch_give_one_clear_message(tmp_path, args, message):
+def test_wrong_paths_and_vocab_mismatch_give_one_clear_message(tmp_path, capsys, args, message):
     if "PRETRAINED" in args:
         tiny_lm(dtype=torch.float32).save_pretrained(tmp_path / "lm")
         args = [str(tmp_path / "lm") if a == "PRETRAINED" else a for a in args]
-    proc = run_script("run_gradmemgpt_on_kv_retrieval.py", *TINY, "--max_steps", "1", "--exp_path",
-                      str(tmp_path / "run"), *args)
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 2 and message in output and "Traceback" not in output, output
+    with pytest.raises(SystemExit) as stop:  # what the run script exits with: status 2 and one line on stderr
+        training.run_experiment(GradMemGPT, [*TINY, "--max_steps", "1", "--exp_path", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert stop.value.code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
     assert not (tmp_path / "run").exists()  # validated before the run folder is made
 
 
@@ -194,20 +216,21 @@ def test_baseline_run_scripts_train(tmp_path, script, extra):
 
 
 @pytest.mark.parametrize("model_flags", [["--grad_mode", "second", "--K", "2"]], ids=["gradmem-second-order"])
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, model_flags):
-    flags = [*TINY_COMMON, "--n_mem_tokens", "2", *model_flags, "--max_steps", "1", "--eval_steps", "1",
-             "--log_steps", "1", "--max_grad_norm", "0", "--warmup_steps", "0"]
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, capsys, model_flags):
+    # a linear warmup over 4 steps: the learning rate after step s is s/4 of the peak, with any number of processes
+    flags = [*TINY_COMMON, "--n_mem_tokens", "2", *model_flags, "--max_steps", "2", "--eval_steps", "2",
+             "--log_steps", "1", "--max_grad_norm", "0", "--warmup_steps", "4"]
+    training.run_experiment(GradMemGPT, [*flags, "--per_device_batch_size", "8", "--exp_path", str(tmp_path / "one")])
+    assert "1 process(es)" in capsys.readouterr().out
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    one = subprocess.run([sys.executable, str(ROOT / "run_gradmemgpt_on_kv_retrieval.py"), *flags,
-                          "--per_device_batch_size", "8", "--exp_path", str(tmp_path / "one")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr
     two = subprocess.run(["bash", str(ROOT / "scripts" / "launch_cpu.sh"), "run_gradmemgpt_on_kv_retrieval.py", *flags,
                           "--per_device_batch_size", "4", "--exp_path", str(tmp_path / "two")],
                          cwd=ROOT, env=dict(env, NP="2", PY=sys.executable), capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stdout + two.stderr
-    assert "2 process(es)" in two.stdout and "1 process(es)" in one.stdout
-    loss = [next(r["loss"] for r in metrics(tmp_path / run) if r["split"] == "train") for run in ("one", "two")]
+    assert "2 process(es)" in two.stdout
+    for run in ("one", "two"):
+        assert [r["lr"] for r in metrics(tmp_path / run) if r["split"] == "train"] == pytest.approx([2.5e-4, 5e-4])
+    loss = [[r["loss"] for r in metrics(tmp_path / run) if r["split"] == "train"] for run in ("one", "two")]
     assert loss[0] == pytest.approx(loss[1], rel=1e-6)
     args = training.build_parser(GradMemGPT, KVTask).parse_args(flags)
     torch.manual_seed(0)
