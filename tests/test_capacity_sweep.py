@@ -13,6 +13,7 @@ from conftest import ROOT
 from full_context import FullContextLM
 from grad_memgpt import GradMemGPT
 from rmt import RMT
+from tasks import KVTask
 
 # Four runs: at 1 pair both models train; 8 pairs from a 4-key alphabet cannot be generated, so those runs
 # fail (after their config is written), each started from its model's 1-pair run.
@@ -57,10 +58,12 @@ def test_curriculum_runs_start_from_the_previous_pair_counts_best_weights(swept)
     cfg, rows = swept
     assert {(r["model"], r["n_pairs"], r["init_from"]) for r in rows} == {
         ("gradmem_k1", 1, ""), ("gradmem_k1", 8, "gradmem_k1_N1_s0"), ("rmt", 1, ""), ("rmt", 8, "rmt_N1_s0")}
-    for name in ("gradmem_k1", "rmt"):  # the child run itself got the flag
-        config = json.loads((capacity_sweep.run_dir(cfg, name, 8, 0) / "config.json").read_text())
+    for name in ("gradmem_k1", "rmt"):  # the child run itself got the flag: it prints its config at start (its
+        # data is then refused, before a run folder is written, so the log is where the config shows)
+        log = (capacity_sweep.run_dir(cfg, name, 8, 0) / "log.txt").read_text()
+        config = json.loads(log[log.index("{\n"): log.index("\n}\n") + 2])
         assert config["train"]["init_checkpoint"] == str(capacity_sweep.run_dir(cfg, name, 1, 0) / "best")
-        assert config["train"]["task_n_pairs"] == 8
+        assert config["task"]["task_n_pairs"] == 8
 
 
 SCRIPT_MODELS = {"run_gradmemgpt_on_kv_retrieval.py": GradMemGPT, "run_rmt_on_kv_retrieval.py": RMT,
@@ -72,7 +75,7 @@ def test_each_child_command_parses_with_its_run_scripts_flags(tmp_path, name):
     cfg = tiny_sweep(tmp_path, inner_lr=0.25, learning_rate=3e-3, key_len=2)
     cmd = capacity_sweep.child_command(name, 4, 1, cfg, init_from=f"{name}_N2_s1")
     script = capacity_sweep.Path(cmd[1]).name
-    args = training.build_parser(SCRIPT_MODELS[script]).parse_args(cmd[2:])
+    args = training.build_parser(SCRIPT_MODELS[script], KVTask).parse_args(cmd[2:])
     assert args.init_checkpoint == str(tmp_path / "runs" / f"{name}_N2_s1" / "best")
     assert args.exp_path == str(tmp_path / "runs" / f"{name}_N4_s1")
     assert (args.task_n_pairs, args.seed, args.task_key_len, args.learning_rate, args.n_embd) == (4, 1, 2, 3e-3, 16)
