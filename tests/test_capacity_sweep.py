@@ -3,7 +3,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -100,8 +99,8 @@ def test_tuple_flags_parse(monkeypatch):
 
 
 def test_the_shell_presets_parse(tmp_path, monkeypatch):
-    fake_python = tmp_path / "python"  # records the arguments capacity_sweep.sh hands to python
-    fake_python.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(tmp_path / 'argv')!r}, 'w'))\n")
+    fake_python, argv_file = tmp_path / "python", tmp_path / "argv"  # records the arguments, one a line
+    fake_python.write_text(f"#!/usr/bin/env bash\nprintf '%s\\n' \"$@\" > '{argv_file}'\n")
     fake_python.chmod(0o755)
     for env, expected in [({"SCALE": "paper"}, dict(pairs=(8, 16, 32, 64, 96), n_embd=128, inner_optimizer="sgd",
                                                       models=("gradmem_k1", "gradmem_k5", "rmt", "full_context"))),
@@ -109,7 +108,7 @@ def test_the_shell_presets_parse(tmp_path, monkeypatch):
                            dict(pairs=(2, 4), seeds=(5,), models=("rmt", "gradmem_k2"), n_embd=64))]:
         subprocess.run(["bash", str(ROOT / "scripts" / "capacity_sweep.sh")], check=True,
                        env={**os.environ, "PY": str(fake_python), **env})
-        argv = json.loads((tmp_path / "argv").read_text())
+        argv = argv_file.read_text().splitlines()
         assert argv[0] == "capacity_sweep.py"
         cfg = parsed_sweep_flags(argv[1:], monkeypatch)
         assert {k: getattr(cfg, k) for k in expected} == expected
