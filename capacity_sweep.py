@@ -1,5 +1,10 @@
-"""Capacity sweep: GradMem (second order, two values of K), RMT and the full-context transformer over a
-range of pair counts and seeds, with test-time extrapolation (K_test = 1 .. 2 K_train) for GradMem.
+"""Capacity sweep: GradMem (second order, several K and inner optimisers), RMT and the full-context
+transformer over a range of pair counts and seeds, with test-time extrapolation (K_test = 1 .. 2 K_train)
+for GradMem.
+
+Each model gets the budget it needs: a run trains until its validation exact match reaches
+``stop_at_exact_match``, or has not improved for ``patience`` validations, or reaches the step or time cap;
+its row records the steps, why it stopped and the training time.
 
 Every run trains through its ``run_*.py`` script (single-threaded, ``parallel`` at a time), then is
 evaluated on the test split; each evaluation is a row of ``results/capacity.csv``. The sweep is
@@ -17,6 +22,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,7 +35,7 @@ from io_utils import atomic_file
 
 ROOT = Path(__file__).resolve().parent
 COLUMNS = ("model", "n_pairs", "n_mem_tokens", "K_train", "K_test", "seed", "exact_match", "token_accuracy",
-           "steps", "wall_time_s", "status", "init_from")
+           "steps", "stopped", "train_time_s", "wall_time_s", "status", "init_from")
 
 
 @dataclass
@@ -37,7 +43,8 @@ class SweepConfig:
     out_dir: str = option("results", "folder for capacity.csv and the plots")
     runs_dir: str = option("runs/sweep", "folder for the training runs")
     models: tuple[str, ...] = option(("gradmem_k2", "gradmem_k3", "rmt", "full_context"),
-                                     "models: gradmem_k<K> (second order), rmt, full_context")
+                                     "models: gradmem_k<K> (second order, inner_optimizer at inner_lr), "
+                                     "gradmem_sgd_k<K> (second order, inner SGD at sgd_inner_lr), rmt, full_context")
     pairs: tuple[int, ...] = option((1, 2, 4, 8), "pair counts")
     seeds: tuple[int, ...] = option((0, 1, 2), "seeds")
     n_mem_tokens: int = option(4, "memory vectors of GradMem and RMT")
@@ -50,14 +57,17 @@ class SweepConfig:
     inner_optimizer: str = option("adam", "GradMem's inner-loop update rule (with adam use K >= 2: a single Adam "
                                           "step is a sign step that passes almost no gradient through WRITE)")
     inner_lr: float = option(0.5, "GradMem's inner-loop learning rate")
+    sgd_inner_lr: float = option(1.0, "inner learning rate of the gradmem_sgd_k<K> models")
     n_train: int = option(200_000, "training samples (generated in memory per run)")
     n_valid: int = option(500, "validation and test samples")
     learning_rate: float = option(1e-3, "outer learning rate")
     batch_size: int = option(32, "training samples per step")
-    max_steps: int = option(4000, "optimizer steps per run (the same for every model)")
-    max_train_minutes: float = option(15.0, "wall-clock cap per run (a safety net; steps set the budget)")
+    max_steps: int = option(4000, "optimizer steps per run at most (the same cap for every model)")
+    max_train_minutes: float = option(15.0, "training time per run at most")
     eval_steps: int = option(500, "validation every N steps")
     stop_at_exact_match: float = option(0.99, "a run stops once validation exact match reaches this")
+    patience: int | None = option(None, "a run stops after this many validations without a better exact match "
+                                        "(with the caps above, each model trains until it stops improving)")
     curriculum: bool = option(True, "start each run from the best weights of the same model and seed at the "
                                     "next smaller pair count (runs of one chain go in order of pairs)")
     parallel: int = option(2, "runs at a time, one thread each")
@@ -65,17 +75,18 @@ class SweepConfig:
 
 def model_flags(name: str, cfg: SweepConfig) -> tuple[str, list[str], int | None]:
     """(run script, its model flags, K_train or None) for a sweep model name."""
-    if name.startswith("gradmem_k"):
-        K = int(name.removeprefix("gradmem_k"))
+    gradmem = re.fullmatch(r"gradmem_(sgd_)?k([1-9][0-9]*)", name)
+    if gradmem:
+        K = int(gradmem[2])
+        optimizer, lr = ("sgd", cfg.sgd_inner_lr) if gradmem[1] else (cfg.inner_optimizer, cfg.inner_lr)
         return ("run_gradmemgpt_on_kv_retrieval.py",
-                ["--grad_mode", "second", "--K", str(K), "--inner_optimizer", cfg.inner_optimizer,
-                 "--inner_lr", str(cfg.inner_lr),
+                ["--grad_mode", "second", "--K", str(K), "--inner_optimizer", optimizer, "--inner_lr", str(lr),
                  "--n_mem_tokens", str(cfg.n_mem_tokens)], K)
     if name == "rmt":
         return "run_rmt_on_kv_retrieval.py", ["--mem_proj_mode", "proj", "--n_mem_tokens", str(cfg.n_mem_tokens)], None
     if name == "full_context":
         return "run_gpt2_on_kv_retrieval.py", [], None
-    raise ValueError(f"unknown sweep model {name!r}: use gradmem_k<K>, rmt or full_context.")
+    raise ValueError(f"unknown sweep model {name!r}: use gradmem_k<K>, gradmem_sgd_k<K>, rmt or full_context.")
 
 
 def run_dir(cfg: SweepConfig, name: str, n_pairs: int, seed: int) -> Path:
@@ -93,6 +104,8 @@ def child_command(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_fro
            "--per_device_batch_size", str(cfg.batch_size), "--stop_at_exact_match", str(cfg.stop_at_exact_match),
            "--max_train_minutes", str(cfg.max_train_minutes), "--eval_steps", str(cfg.eval_steps),
            "--eval_batch_size", str(cfg.n_valid), "--no-show_progress"]
+    if cfg.patience:
+        cmd += ["--early_stopping_patience", str(cfg.patience)]
     if init_from:
         cmd += ["--init_checkpoint", str(Path(cfg.runs_dir) / init_from / "best")]
     return cmd
@@ -114,18 +127,18 @@ def run_one(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_from: str
     if proc.returncode:
         tail = (exp / "log.txt").read_text().strip().splitlines()[-1:] or ["no output"]
         status = "diverged" if _stopped_on_nonfinite_steps(exp) else f"failed (exit {proc.returncode}): {tail[0][:200]}"
-        return [{**base, "K_test": "", "exact_match": "nan", "token_accuracy": "nan", "steps": "",
-                 "wall_time_s": wall, "status": status}]
+        return [{**base, "K_test": "", "exact_match": "nan", "token_accuracy": "nan", "steps": "", "stopped": "",
+                 "train_time_s": "", "wall_time_s": wall, "status": status}]
     from evaluate import run_evaluation
 
+    state = json.loads((exp / "checkpoint" / "trainer_state.json").read_text())
+    budget = {"steps": state["step"], "stopped": state["stopped"], "train_time_s": round(state["train_seconds"], 1)}
     rows = []
     for k_test in (range(1, 2 * K + 1) if K is not None else [None]):
         r, _ = run_evaluation(exp, split="test", K=k_test, generate=False)
-        steps = _last_step(exp)
         status = "ok" if math.isfinite(r["loss"]) else "diverged"
         rows.append({**base, "K_test": k_test if k_test is not None else "", "exact_match": round(r["exact_match"], 4),
-                     "token_accuracy": round(r["token_accuracy"], 4), "steps": steps, "wall_time_s": wall,
-                     "status": status})
+                     "token_accuracy": round(r["token_accuracy"], 4), **budget, "wall_time_s": wall, "status": status})
     return rows
 
 
@@ -137,11 +150,6 @@ def _stopped_on_nonfinite_steps(exp: Path) -> bool:
         return False
     limit = json.loads(config.read_text())["train"]["max_nonfinite_in_row"]
     return json.loads(state.read_text())["nonfinite_in_row"] >= limit
-
-
-def _last_step(exp: Path) -> int:
-    lines = (exp / "metrics.jsonl").read_text().splitlines() if (exp / "metrics.jsonl").exists() else []
-    return json.loads(lines[-1])["step"] if lines else 0
 
 
 def read_rows(path) -> list[dict]:

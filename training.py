@@ -54,7 +54,8 @@ class TrainConfig:
     save_steps: int | None = option(None, "checkpoint every N steps (default: at every evaluation)")
     early_stopping_patience: int | None = option(None, "stop after this many evaluations without a better exact match")
     stop_at_exact_match: float = option(1.0, "stop once validation exact match reaches this")
-    max_train_minutes: float | None = option(None, "stop (with a checkpoint) after this much wall-clock training time")
+    max_train_minutes: float | None = option(None, "stop (with a checkpoint) after this much wall-clock training time, "
+                                                       "summed over resumes")
     seed: int = option(0, "seed for weights, data order and everything else")
     mixed_precision: str = option("no", "accelerate mixed precision (bf16 on GPU)", choices=("no", "bf16", "fp16"))
     init_checkpoint: str | None = option(None, "load model weights (only) from this saved model folder")
@@ -193,14 +194,16 @@ class TrainerState:
     evals_without_improvement: int = 0
     nonfinite_steps: int = 0
     nonfinite_in_row: int = 0
+    train_seconds: float = 0.0  # wall time in the training loop, summed over resumes (evaluations included)
+    stopped: str = ""  # why the last invocation ended: max_steps, target_exact_match, early_stopping, time_limit, signal
 
 
 def save_checkpoint(accelerator, exp_path: Path, state: TrainerState) -> None:
     """accelerate state (weights, optimizer, scheduler, RNG) + trainer state, renamed into place at the end."""
     if (exp_path / "checkpoint" / "trainer_state.json").is_file():
         saved = json.loads((exp_path / "checkpoint" / "trainer_state.json").read_text())
-        if saved == dataclasses.asdict(state):
-            return  # this very state is on disk already
+        if {**saved, "train_seconds": state.train_seconds} == dataclasses.asdict(state):
+            return  # this very state is on disk already (the clock alone moved)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with atomic_directory(exp_path / "checkpoint", overwrite=True) as tmp:
@@ -262,7 +265,8 @@ def prepare_data(model, cfg: TrainConfig, task: Task, tokenizer, splits=("train"
 
 def train(model, cfg: TrainConfig, task: Task, tokenizer, configs: dict) -> dict:
     """Train ``model`` on ``task``; ``configs`` (dataclasses by name) are saved with the run. Returns the
-    final evaluation, with ``stopped`` saying why the run ended. The data and tokenizer are checked before
+    final evaluation, with ``stopped`` saying why the run ended and ``train_seconds`` the time it took
+    (both also kept in ``checkpoint/trainer_state.json``). The data and tokenizer are checked before
     the run folder is created, so a bad input leaves nothing on disk."""
     from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin, set_seed
@@ -329,7 +333,7 @@ def train(model, cfg: TrainConfig, task: Task, tokenizer, configs: dict) -> dict
     result, stopped = {}, "max_steps"
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="train", disable=not (cfg.show_progress and accelerator.is_main_process))
     stream, window, t_window = batches(), [], time.perf_counter()
-    t_start = t_window
+    t_start, seconds_before = t_window, state.train_seconds
     with StopRequest() as stop:
         while state.step < cfg.max_steps:
             skipped = False
@@ -391,12 +395,14 @@ def train(model, cfg: TrainConfig, task: Task, tokenizer, configs: dict) -> dict
                     stopped = "early_stopping"
             if cfg.save_steps and state.step % cfg.save_steps == 0:
                 save_checkpoint(accelerator, exp_path, state)
+            state.train_seconds = seconds_before + time.perf_counter() - t_start
             if stop.requested:
                 stopped = "signal"
-            elif cfg.max_train_minutes and time.perf_counter() - t_start > 60 * cfg.max_train_minutes:
+            elif cfg.max_train_minutes and state.train_seconds > 60 * cfg.max_train_minutes:
                 stopped = "time_limit"
             if stopped != "max_steps":
                 break
+    state.stopped = stopped
     save_checkpoint(accelerator, exp_path, state)
     bar.close()
     log.close()
@@ -404,7 +410,8 @@ def train(model, cfg: TrainConfig, task: Task, tokenizer, configs: dict) -> dict
         result = evaluate(model, eval_dl, accelerator, task, tokenizer)
     accelerator.print(f"stopped ({stopped}) at step {state.step}; best exact_match {state.best_exact_match:.4f}; "
                       f"run in {exp_path}")
-    return {**result, "stopped": stopped, "step": state.step, "best_exact_match": state.best_exact_match}
+    return {**result, "stopped": stopped, "step": state.step, "best_exact_match": state.best_exact_match,
+            "train_seconds": state.train_seconds}
 
 
 def all_finite(stats: dict | None) -> torch.Tensor:

@@ -42,7 +42,8 @@ def test_sweep_writes_well_formed_rows_and_plots(swept):
     # gradmem_k1 evaluates at K_test 1 and 2, rmt once
     assert sorted((r["model"], r["n_pairs"], r["K_test"]) for r in ok) == [
         ("gradmem_k1", "1", "1"), ("gradmem_k1", "1", "2"), ("rmt", "1", "")]
-    assert all(0 <= float(r["exact_match"]) <= 1 and int(r["steps"]) == 2 and float(r["wall_time_s"]) > 0 for r in ok)
+    assert all(0 <= float(r["exact_match"]) <= 1 and int(r["steps"]) == 2 and r["stopped"] == "max_steps" and
+               0 < float(r["train_time_s"]) < float(r["wall_time_s"]) for r in ok)
     # a failed run is a row with its status, not a silent omission
     failed = [r for r in written if r["status"] != "ok"]
     assert sorted(r["model"] for r in failed) == ["gradmem_k1", "rmt"]
@@ -69,15 +70,19 @@ SCRIPT_MODELS = {"run_gradmemgpt_on_kv_retrieval.py": GradMemGPT, "run_rmt_on_kv
                  "run_gpt2_on_kv_retrieval.py": FullContextLM}
 
 
-@pytest.mark.parametrize("name", ["gradmem_k3", "rmt", "full_context"])
+@pytest.mark.parametrize("name", ["gradmem_k3", "gradmem_sgd_k1", "rmt", "full_context"])
 def test_each_child_command_parses_with_its_run_scripts_flags(tmp_path, name):
-    cfg = tiny_sweep(tmp_path, inner_lr=0.25, learning_rate=3e-3, key_len=2)
+    cfg = tiny_sweep(tmp_path, inner_lr=0.25, sgd_inner_lr=2.0, learning_rate=3e-3, key_len=2, patience=3)
     cmd = capacity_sweep.child_command(name, 4, 1, cfg, init_from=f"{name}_N2_s1")
     script = capacity_sweep.Path(cmd[1]).name
     args = training.build_parser(SCRIPT_MODELS[script], KVTask).parse_args(cmd[2:])
     assert args.init_checkpoint == str(tmp_path / "runs" / f"{name}_N2_s1" / "best")
     assert args.exp_path == str(tmp_path / "runs" / f"{name}_N4_s1")
     assert (args.task_n_pairs, args.seed, args.task_key_len, args.learning_rate, args.n_embd) == (4, 1, 2, 3e-3, 16)
+    assert args.early_stopping_patience == 3
+    if name.startswith("gradmem"):
+        expected = ("sgd", 2.0, 1) if name == "gradmem_sgd_k1" else ("adam", 0.25, 3)
+        assert (args.inner_optimizer, args.inner_lr, args.K) == expected
     if name == "gradmem_k3":
         assert (args.K, args.grad_mode, args.inner_lr, args.n_mem_tokens) == (3, "second", 0.25, 2)
     if name == "rmt":

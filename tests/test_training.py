@@ -263,3 +263,26 @@ def test_init_checkpoint_loads_weights_only(tmp_path):
     loaded = load_file(tmp_path / "b" / "checkpoint" / "model.safetensors")
     for name in trained:
         torch.testing.assert_close(loaded[name], trained[name], rtol=1e-6, atol=1e-9)
+
+
+def test_early_stopping_after_patience_evaluations_without_a_better_exact_match(tmp_path):
+    # a learning rate too small to change any prediction: the first evaluation is the best, and the run
+    # stops at the second evaluation after it, not at max_steps
+    exp = tmp_path / "run"
+    result = training.run_experiment(GradMemGPT, [*TINY, "--max_steps", "10", "--eval_steps", "1", "--learning_rate",
+                                                  "1e-12", "--early_stopping_patience", "2", "--exp_path", str(exp)])
+    assert (result["stopped"], result["step"]) == ("early_stopping", 3)
+    state = json.loads((exp / "checkpoint" / "trainer_state.json").read_text())
+    assert state["stopped"] == "early_stopping" and state["evals_without_improvement"] == 2
+    assert 0 < state["train_seconds"] == result["train_seconds"]
+
+
+def test_the_time_limit_counts_the_training_time_of_earlier_invocations(tmp_path):
+    exp = tmp_path / "run"
+    steps = ["--max_steps", "2", "--eval_steps", "100", "--exp_path", str(exp)]
+    training.run_experiment(GradMemGPT, [*TINY, *steps])
+    state_file = exp / "checkpoint" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "train_seconds": 300.0}))  # as if the first part took 5 minutes
+    result = training.run_experiment(GradMemGPT, [*TINY, *steps[2:], "--max_steps", "10", "--max_train_minutes", "5"])
+    assert (result["stopped"], result["step"]) == ("time_limit", 3) and result["train_seconds"] > 300
