@@ -23,7 +23,6 @@ already in an earlier split is redrawn, so the splits are disjoint.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -174,20 +173,6 @@ def dataset_card(cfg: MQARConfig, ds, seed: int) -> dict:
                                 "the first 2*n_pairs tokens are the KV region (the context)"}
 
 
-def save_mqar_dataset(ds, card: dict, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """``save_to_disk`` plus ``dataset_card.json``, written to a temporary folder and renamed."""
-    from io_utils import atomic_directory
-
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise MQARDataError(f"output folder {path} already exists: pass --overwrite to replace it, or choose "
-                            f"another --out.")
-    with atomic_directory(path, overwrite=overwrite) as tmp:
-        ds.save_to_disk(str(tmp))
-        (tmp / "dataset_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    return path
-
-
 def load_mqar_dataset(path: str | os.PathLike):
     """A DatasetDict written by this module; checks the folder and the MQAR columns."""
     import datasets
@@ -240,7 +225,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from kv_dataset_utils import format_count
+    from kv_dataset_utils import format_count, save_dataset_atomically
 
     args = build_arg_parser().parse_args(argv)
     try:
@@ -250,7 +235,7 @@ def main(argv=None) -> int:
             raise MQARDataError(f"output folder {path} already exists: pass --overwrite to replace it, or choose "
                                 f"another --out.")
         ds = generate_mqar_dataset(cfg, args.n_train, args.n_valid, args.n_test, args.seed)
-        save_mqar_dataset(ds, dataset_card(cfg, ds, args.seed), path, overwrite=args.overwrite)
+        save_dataset_atomically(ds, dataset_card(cfg, ds, args.seed), path, overwrite=args.overwrite)
     except MQARDataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
