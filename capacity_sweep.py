@@ -17,7 +17,6 @@ the figures from the CSV alone.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import multiprocessing
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from cli import add_config_args, config_from_args, option
 from io_utils import atomic_file
+from sweeps import curriculum_start, read_rows, write_rows
 
 ROOT = Path(__file__).resolve().parent
 COLUMNS = ("model", "n_pairs", "n_mem_tokens", "K_train", "K_test", "seed", "exact_match", "token_accuracy",
@@ -152,34 +152,8 @@ def _stopped_on_nonfinite_steps(exp: Path) -> bool:
     return json.loads(state.read_text())["nonfinite_in_row"] >= limit
 
 
-def read_rows(path) -> list[dict]:
-    """The rows of a capacity CSV (none if it does not exist yet)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_rows(path: Path, rows: list[dict], columns=COLUMNS) -> None:
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _init_from(cfg: SweepConfig, rows: list[dict], run: tuple[str, int, int]) -> str | None:
-    """The run to start from: "" for scratch, a run folder name, or None while the predecessor is unfinished.
-
-    Under the curriculum a run starts from its chain's previous pair count; if that run failed, from the
-    last one of the chain that trained, else from scratch."""
-    name, n, seed = run
-    smaller = [p for p in sorted(cfg.pairs) if p < n] if cfg.curriculum else []
-    finished = {(r["model"], int(r["n_pairs"]), int(r["seed"])): r["status"] for r in rows}
-    if smaller and (name, smaller[-1], seed) not in finished:
-        return None
-    trained = [p for p in smaller if finished.get((name, p, seed)) == "ok"]
-    return run_dir(cfg, name, trained[-1], seed).name if trained else ""
+    return curriculum_start(cfg.pairs, rows, run, lambda *r: run_dir(cfg, *r).name, cfg.curriculum)
 
 
 def sweep(cfg: SweepConfig) -> list[dict]:
@@ -210,7 +184,7 @@ def sweep(cfg: SweepConfig) -> list[dict]:
             for future in finished:
                 new = future.result()
                 rows.extend(new)
-                write_rows(csv_path, rows)
+                write_rows(csv_path, rows, COLUMNS)
                 best = max((float(r["exact_match"]) for r in new), default=float("nan"))
                 print(f"done {running.pop(future)}: {new[0]['status']}, exact_match {best}", flush=True)
     plot_capacity(rows, out / "capacity.png")

@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from capacity_sweep import read_rows, write_rows
+from sweeps import read_rows, write_rows
 from cli import add_config_args, config_from_args, option
 from io_utils import atomic_file
 

@@ -13,7 +13,6 @@ and prints the projected wall time of the comparison.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import multiprocessing
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from cli import add_config_args, config_from_args, option
 from io_utils import atomic_file
+from sweeps import curriculum_start, read_rows, write_rows
 
 MODELS = ("gpt", "deltanet", "unifiedkv", "gradmem", "rmt")
 BASE_MODELS = {"gpt": "mqar_gpt", "deltanet": "deltanet", "unifiedkv": "unifiedkv", "gradmem": "mqar_gpt",
@@ -166,30 +166,8 @@ def run_one(name: str, n_pairs: int, seed: int, cfg: CompareConfig, init_from: s
 # The comparison
 # ---------------------------------------------------------------------------------------------
 
-def read_rows(path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_rows(path: Path, rows: list[dict]) -> None:
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def init_from(cfg: CompareConfig, rows: list[dict], run: tuple[str, int, int]) -> str | None:
-    """"" (scratch), the run folder to start from, or None while the previous pair count is unfinished."""
-    name, n, seed = run
-    smaller = [p for p in sorted(cfg.pairs) if p < n] if cfg.curriculum else []
-    finished = {(r["model"], int(r["n_pairs"]), int(r["seed"])): r["status"] for r in rows}
-    if smaller and (name, smaller[-1], seed) not in finished:
-        return None
-    trained = [p for p in smaller if finished.get((name, p, seed)) == "ok"]
-    return run_dir(cfg, name, trained[-1], seed).name if trained else ""
+    return curriculum_start(cfg.pairs, rows, run, lambda *r: run_dir(cfg, *r).name, cfg.curriculum)
 
 
 def compare(cfg: CompareConfig) -> list[dict]:
@@ -221,7 +199,7 @@ def compare(cfg: CompareConfig) -> list[dict]:
                     print(f"interrupted {run}: run the comparison again to resume it", flush=True)
                     continue
                 rows.append(row)
-                write_rows(csv_path, rows)
+                write_rows(csv_path, rows, COLUMNS)
                 print(f"done {run}: {row['status']}, per query {row['query_accuracy']}, per sequence "
                       f"{row['sequence_accuracy']}, {row['wall_time_s']} s", flush=True)
     plot(rows, out / "mqar.png")

@@ -16,7 +16,6 @@ The plots and the markdown table are drawn from the CSV alone.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 from cli import add_config_args, check_config, config_from_args, option
 from io_utils import atomic_file
+from sweeps import read_rows, write_rows
 
 from .data import RecallDataConfig
 from .evaluate import accuracy_by_offset, evaluate, retrievable_pairs, train
@@ -127,25 +127,13 @@ def compare(cfg: CompareConfig) -> list[dict]:
             rows += memory_rows(cfg, key_corr, f"ttt_{name}_trained", evaluate(memory, data, **evaluate_on), learned)
             print(f"key_corr {key_corr:g}: trained ttt_{name} in {time.time() - start:.0f} s"
                   + (f", final loss {history[-1]['loss']:.3f}" if history else ""), flush=True)
-    write_rows(out / "recall_sandbox.csv", rows)
+    write_rows(out / "recall_sandbox.csv", rows, COLUMNS)
     rows = read_rows(out / "recall_sandbox.csv")
     with atomic_file(out / "recall_sandbox.md") as tmp:
         tmp.write_text(summary_table(rows))
     plot_accuracy_by_offset(rows, out / "recall_sandbox_offset.png")
     plot_retrievable(rows, out / "recall_sandbox_retrievable.png")
     return rows
-
-
-def write_rows(path: Path, rows: list[dict]) -> None:
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_rows(path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def curves(rows: list[dict], metric: str) -> dict:
