@@ -413,7 +413,7 @@ def train(model, cfg: TrainConfig, task: Task, tokenizer, configs: dict) -> dict
     save_checkpoint(accelerator, exp_path, state)
     bar.close()
     log.close()
-    if not result:
+    if not result and stopped != "signal":  # a signal means: leave now, the checkpoint is saved
         result = evaluate(model, eval_dl, accelerator, task, tokenizer)
     accelerator.print(f"stopped ({stopped}) at step {state.step}; best exact_match {state.best_exact_match:.4f}; "
                       f"run in {exp_path}")
