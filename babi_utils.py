@@ -32,15 +32,12 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from cli import add_config_args, check_config, config_from_args, option
-from kv_dataset_utils import format_count
 from text_qa_data import (TEXT_COLUMNS, OutputConfig, TextDataError, canonical_splits, check_nonempty,
-                          ensure_absent, load_source, question_query, require_columns, run_cli,
-                          save_text_dataset, text_dataset)
+                          generate_or_convert, load_source, question_query, require_columns, run_cli, text_dataset)
 
 BABI_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
 BABILONG_COLUMNS = ("input", "question", "target")
@@ -346,17 +343,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def _main(argv):
     args = build_arg_parser().parse_args(argv)
     cfg, out = config_from_args(BabiConfig, args), config_from_args(OutputConfig, args)
-    if out.source is None:
-        path = Path(out.out) / f"{cfg.name}_{format_count(cfg.n_train)}"
-        ensure_absent(path, out.overwrite)
-        dd, card = _generate(cfg)
-    else:
-        path = Path(out.out) / Path(out.source).name
-        ensure_absent(path, out.overwrite)
-        dd, notes = _load(out.source, cfg.task, cfg.n_valid, cfg.seed)
-        card = {"name": path.name, "source": out.source, "task": cfg.task, "converted_by": "babi_utils.load_babi",
-                "split_notes": notes}
-    return save_text_dataset(dd, card, path, overwrite=out.overwrite), dd
+    return generate_or_convert(cfg, out, _generate, lambda source: _load(source, cfg.task, cfg.n_valid, cfg.seed),
+                               "babi_utils.load_babi", task=cfg.task)
 
 
 def main(argv=None) -> int:

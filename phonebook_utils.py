@@ -17,15 +17,12 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from cli import add_config_args, check_config, config_from_args, option
-from kv_dataset_utils import format_count
-from text_qa_data import (TEXT_COLUMNS, OutputConfig, canonical_splits, check_nonempty, ensure_absent,
-                          load_source, question_query, require_columns, run_cli, save_text_dataset,
-                          text_dataset, with_answer_prompt)
+from text_qa_data import (TEXT_COLUMNS, OutputConfig, canonical_splits, check_nonempty, generate_or_convert,
+                          load_source, question_query, require_columns, run_cli, text_dataset, with_answer_prompt)
 
 FIRST_NAMES = ("Ada", "Bram", "Celia", "Dorian", "Edda", "Felix", "Gemma", "Hale", "Ines", "Joren",
                "Katya", "Lio", "Maren", "Nico", "Osric", "Perla", "Quinn", "Rosalind", "Silas", "Tove",
@@ -159,17 +156,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def _main(argv):
     args = build_arg_parser().parse_args(argv)
     cfg, out = config_from_args(PhonebookConfig, args), config_from_args(OutputConfig, args)
-    if out.source is None:
-        path = Path(out.out) / f"{cfg.name}_{format_count(cfg.n_train)}"
-        ensure_absent(path, out.overwrite)
-        dd, card = _generate(cfg)
-    else:
-        path = Path(out.out) / Path(out.source).name
-        ensure_absent(path, out.overwrite)
-        dd, notes = _load(out.source, cfg.n_valid, cfg.seed)
-        card = {"name": path.name, "source": out.source, "converted_by": "phonebook_utils.load_phonebook",
-                "split_notes": notes}
-    return save_text_dataset(dd, card, path, overwrite=out.overwrite), dd
+    return generate_or_convert(cfg, out, _generate, lambda source: _load(source, cfg.n_valid, cfg.seed),
+                               "phonebook_utils.load_phonebook")
 
 
 def main(argv=None) -> int:

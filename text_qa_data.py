@@ -239,6 +239,25 @@ def save_text_dataset(dd, card: dict, path: str | os.PathLike, *, overwrite: boo
     return save_dataset_atomically(dd, dict(card, splits=split_report(dd)), path, overwrite=overwrite)
 
 
+def generate_or_convert(cfg, out: OutputConfig, generate, convert, converted_by: str, **card_fields):
+    """The body of a data CLI: ``generate(cfg) -> (dd, card)`` into ``OUT/<cfg.name>_<n_train>``, or, with
+    ``out.source``, ``convert(source) -> (dd, split notes)`` into ``OUT/<source name>``. The output folder is
+    checked before any work. Returns (path, dd)."""
+    from kv_dataset_utils import format_count
+
+    if out.source is None:
+        path = Path(out.out) / f"{cfg.name}_{format_count(cfg.n_train)}"
+        ensure_absent(path, out.overwrite)
+        dd, card = generate(cfg)
+    else:
+        path = Path(out.out) / Path(out.source).name
+        ensure_absent(path, out.overwrite)
+        dd, notes = convert(out.source)
+        card = {"name": path.name, "source": out.source, **card_fields, "converted_by": converted_by,
+                "split_notes": notes}
+    return save_text_dataset(dd, card, path, overwrite=out.overwrite), dd
+
+
 def run_cli(main_body, argv) -> int:
     """Run a data CLI body; bad input prints one ``error:`` line and exits with 2."""
     try:
