@@ -11,7 +11,11 @@ The inner loop is the functional Adam at inner_lr 0.5: its per-coordinate steps 
 into the memory (SGD at inner_lr 0.04-5 was still at 0.5 after 1,000-2,500 steps). Task: 16-character
 alphabet, 1-character keys and values. Model: llama, 2 layers x 64 dims, 4 memory vectors, second order.
 Both stages share one budget of training time (``--train_minutes``); a stage also stops at 0.97
-validation exact match. Run again, the demo resumes its finished runs and only evaluates; delete
+validation exact match. Measured on this 2-core CPU (3 minutes, seeds 0/1/2): the 1-pair stage took 100
+steps (10-13 s), the 2-pair stage left the plateau after 450-750 steps and ran 1,157-1,312 steps; test
+exact match 0.879 / 0.938 / 0.899, about 196 s per seed in all. A cosine decay of the outer lr over the
+expected 1,300 steps kept both seeds tried (0 and 2) on the plateau (0.535, 0.540): the escape needs the
+full learning rate. Run again, the demo resumes its finished runs and only evaluates; delete
 ``runs/demo/s<seed>`` to train anew.
 
     python demo.py                 # what `make demo` runs
