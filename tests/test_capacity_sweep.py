@@ -43,7 +43,7 @@ def test_sweep_writes_well_formed_rows_and_plots(swept):
     assert sorted((r["model"], r["n_pairs"], r["K_test"]) for r in ok) == [
         ("gradmem_k1", "1", "1"), ("gradmem_k1", "1", "2"), ("rmt", "1", "")]
     assert all(0 <= float(r["exact_match"]) <= 1 and int(r["steps"]) == 2 and r["stopped"] == "max_steps" and
-               0 < float(r["train_time_s"]) < float(r["wall_time_s"]) for r in ok)
+               0 <= float(r["train_time_s"]) < float(r["wall_time_s"]) for r in ok)  # tiny runs: 0.0 s once rounded
     # a failed run is a row with its status, not a silent omission
     failed = [r for r in written if r["status"] != "ok"]
     assert sorted(r["model"] for r in failed) == ["gradmem_k1", "rmt"]
