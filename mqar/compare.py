@@ -39,7 +39,7 @@ class CompareConfig:
     runs_dir: str = option("runs/mqar", "folder for the training runs")
     models: tuple[str, ...] = option(MODELS, f"models among {MODELS}")
     pairs: tuple[int, ...] = option((2, 4, 8, 16, 32, 64), "key-value pairs per example (2 and 4 start the "
-                                    "curriculum: from scratch, no model here leaves chance at 8 within 2,000 steps)")
+                                    "curriculum: from scratch at 8, the GPT stayed at chance for 2,000 steps)")
     min_seq_len: int = option(128, "sequence length: max(min_seq_len, 4 n_pairs)")
     vocab_size: int = option(512, "MQAR vocabulary (CPU scale; the seed's is 2048)")
     seeds: tuple[int, ...] = option((0,), "seeds (of data order and weights; the data itself uses seed 0)")
