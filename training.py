@@ -4,7 +4,8 @@ It knows only ``model(**batch).loss``, ``.logits`` and ``.stats``, and a task (`
 data, the collator and which target tokens are scored. It evaluates exact match and token accuracy every
 ``eval_steps``, logs to a tqdm bar, tensorboard and ``exp_path/metrics.jsonl``, keeps
 the best weights in ``exp_path/best``, and checkpoints to ``exp_path/checkpoint`` (atomically, through
-``accelerator.save_state``) so that a run resumes exactly where it stopped, SIGTERM included.
+``accelerator.save_state``) so that a run resumes exactly where it stopped, SIGTERM included (a signal during a validation cuts
+it short; the resumed run validates that step first).
 """
 from __future__ import annotations
 
@@ -120,11 +121,17 @@ def score_batch(logits, labels, mask) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate(model, dataloader, accelerator, task: Task, tokenizer, K=None) -> dict:
-    """Exact match, token accuracy, loss and mean model stats over ``dataloader`` (all processes)."""
+def evaluate(model, dataloader, accelerator, task: Task, tokenizer, K=None, stop=None) -> dict | None:
+    """Exact match, token accuracy, loss and mean model stats over ``dataloader`` (all processes).
+
+    ``stop``, a callable checked before each batch, cuts the evaluation short: when it is true on any
+    process, every process returns None."""
     model.eval()
     exact, tokens, losses, stats = [], [], [], {}
     for batch in dataloader:
+        if stop is not None and accelerator.reduce(torch.tensor(float(stop()), device=accelerator.device), "sum").item():
+            model.train()
+            return None
         out = model(**batch, K=K)
         e, t = score_batch(out.logits, batch["labels"], task.scored_mask(batch["labels"], tokenizer))
         e, t = accelerator.gather_for_metrics((e, t))
@@ -196,6 +203,7 @@ class TrainerState:
     nonfinite_in_row: int = 0
     train_seconds: float = 0.0  # wall time in the training loop, summed over resumes (evaluations included)
     stopped: str = ""  # why the last invocation ended: max_steps, target_exact_match, early_stopping, time_limit, signal
+    validation_pending: bool = False  # a signal cut the validation of ``step`` short: the resumed run does it first
 
 
 def save_checkpoint(accelerator, exp_path: Path, state: TrainerState) -> None:
@@ -219,7 +227,7 @@ def save_best(accelerator, model, exp_path: Path) -> None:
 
 
 class StopRequest:
-    """Turns SIGTERM (and SIGINT) into a flag the loop checks between steps."""
+    """Turns SIGTERM (and SIGINT) into a flag the loop checks between steps and validation batches."""
 
     def __init__(self):
         self.requested = False
@@ -330,9 +338,13 @@ def train(model, cfg: TrainConfig, task: Task, tokenizer, configs: dict) -> dict
             yield from (accelerator.skip_first_batches(train_dl, skip) if skip else train_dl)
             epoch, skip = epoch + 1, 0
 
-    def validate() -> dict:
-        """Evaluate on the validation split, log it, keep the weights in ``best`` if they are the best yet."""
-        result = evaluate(model, eval_dl, accelerator, task, tokenizer)
+    def validate(stop=None) -> dict | None:
+        """Evaluate on the validation split, log it, keep the weights in ``best`` if they are the best yet.
+        None, with ``state.validation_pending`` set, when ``stop()`` cut it short."""
+        result = evaluate(model, eval_dl, accelerator, task, tokenizer, stop=stop)
+        state.validation_pending = result is None
+        if result is None:
+            return None
         log.write(state.step, "valid", result)
         accelerator.print(f"step {state.step}: " + " ".join(f"{k}={v:.4f}" for k, v in result.items()
                                                              if k in ("exact_match", "token_accuracy", "loss")))
@@ -343,12 +355,27 @@ def train(model, cfg: TrainConfig, task: Task, tokenizer, configs: dict) -> dict
             state.evals_without_improvement += 1
         return result
 
+    def stop_reason(result: dict) -> str:
+        """Why a run stops after this validation ("max_steps": it goes on)."""
+        if result["exact_match"] >= cfg.stop_at_exact_match:
+            return "target_exact_match"
+        if cfg.early_stopping_patience and state.evals_without_improvement >= cfg.early_stopping_patience:
+            return "early_stopping"
+        return "max_steps"
+
     result, stopped, validated_step = {}, "max_steps", state.step
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="train", disable=not (cfg.show_progress and accelerator.is_main_process))
     stream, window, t_window = batches(), [], time.perf_counter()
     t_start, seconds_before = t_window, state.train_seconds
     with StopRequest() as stop:
-        while state.step < cfg.max_steps:
+        if state.validation_pending:  # the last invocation was stopped while validating this step
+            result = validate(lambda: stop.requested)
+            if result is None:
+                result, stopped = {}, "signal"
+            else:
+                stopped = stop_reason(result)
+                save_checkpoint(accelerator, exp_path, state)
+        while stopped == "max_steps" and state.step < cfg.max_steps:
             skipped = False
             for _ in range(cfg.gradient_accumulation_steps):
                 batch = next(stream)
@@ -391,19 +418,20 @@ def train(model, cfg: TrainConfig, task: Task, tokenizer, configs: dict) -> dict
                                 steps_s=f"{rate:.2f}")
                 window, t_window = [], time.perf_counter()
             if state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps:
-                result, validated_step = validate(), state.step
-                if not cfg.save_steps:
-                    save_checkpoint(accelerator, exp_path, state)
-                if result["exact_match"] >= cfg.stop_at_exact_match:
-                    stopped = "target_exact_match"
-                elif cfg.early_stopping_patience and state.evals_without_improvement >= cfg.early_stopping_patience:
-                    stopped = "early_stopping"
+                # a signal during validation cuts it short; the checkpoint below marks it pending
+                result = validate(lambda: stop.requested)
+                if result is None:
+                    result, stopped = {}, "signal"
+                else:
+                    validated_step, stopped = state.step, stop_reason(result)
+                    if not cfg.save_steps:
+                        save_checkpoint(accelerator, exp_path, state)
             if cfg.save_steps and state.step % cfg.save_steps == 0:
                 save_checkpoint(accelerator, exp_path, state)
             state.train_seconds = seconds_before + time.perf_counter() - t_start
             if stop.requested:
                 stopped = "signal"
-            elif cfg.max_train_minutes and state.train_seconds > 60 * cfg.max_train_minutes:
+            elif stopped == "max_steps" and cfg.max_train_minutes and state.train_seconds > 60 * cfg.max_train_minutes:
                 stopped = "time_limit"
             if stopped != "max_steps":
                 break

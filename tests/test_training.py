@@ -289,3 +289,27 @@ def test_the_time_limit_counts_the_training_time_of_earlier_invocations(tmp_path
     # stopped between evaluations: the final weights are validated, and ranked for best, all the same
     assert [r["step"] for r in metrics(exp) if r["split"] == "valid"] == [2, 3]  # max_steps of the first part, then 3
     assert (exp / "best" / "model.safetensors").is_file()
+
+
+def test_a_signal_during_validation_cuts_it_short_and_the_resumed_run_validates_that_step_first(tmp_path, monkeypatch):
+    exp = tmp_path / "run"
+    args = [*TINY, "--max_steps", "6", "--eval_steps", "3", "--eval_batch_size", "4", "--exp_path", str(exp)]
+    real_evaluate, calls = training.evaluate, []
+
+    def evaluate_with_a_signal(*a, **kw):  # the signal arrives as the first validation starts
+        calls.append(kw.get("stop"))
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_evaluate(*a, **kw)
+
+    monkeypatch.setattr(training, "evaluate", evaluate_with_a_signal)
+    result = training.run_experiment(GradMemGPT, args)
+    assert (result["stopped"], result["step"], len(calls)) == ("signal", 3, 1)
+    state = json.loads((exp / "checkpoint" / "trainer_state.json").read_text())
+    assert state["validation_pending"] and state["step"] == 3
+    assert not [r for r in metrics(exp) if r["split"] == "valid"]  # nothing logged for the cut-short validation
+
+    monkeypatch.setattr(training, "evaluate", real_evaluate)
+    result = training.run_experiment(GradMemGPT, args)
+    assert (result["stopped"], result["step"]) == ("max_steps", 6)
+    assert [r["step"] for r in metrics(exp) if r["split"] == "valid"] == [3, 6]
+    assert not json.loads((exp / "checkpoint" / "trainer_state.json").read_text())["validation_pending"]
