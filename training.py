@@ -363,18 +363,23 @@ def train(model, cfg: TrainConfig, task: Task, tokenizer, configs: dict) -> dict
             return "early_stopping"
         return "max_steps"
 
+    def validate_then_checkpoint(stop: StopRequest) -> tuple[dict, str]:
+        """The step's validation, cut short by a signal (the checkpoint then marks it pending), and why the
+        run stops after it."""
+        result = validate(lambda: stop.requested)
+        if result is None:
+            return {}, "signal"
+        if not cfg.save_steps:
+            save_checkpoint(accelerator, exp_path, state)
+        return result, stop_reason(result)
+
     result, stopped, validated_step = {}, "max_steps", state.step
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="train", disable=not (cfg.show_progress and accelerator.is_main_process))
     stream, window, t_window = batches(), [], time.perf_counter()
     t_start, seconds_before = t_window, state.train_seconds
     with StopRequest() as stop:
         if state.validation_pending:  # the last invocation was stopped while validating this step
-            result = validate(lambda: stop.requested)
-            if result is None:
-                result, stopped = {}, "signal"
-            else:
-                stopped = stop_reason(result)
-                save_checkpoint(accelerator, exp_path, state)
+            result, stopped = validate_then_checkpoint(stop)
         while stopped == "max_steps" and state.step < cfg.max_steps:
             skipped = False
             for _ in range(cfg.gradient_accumulation_steps):
@@ -418,14 +423,9 @@ def train(model, cfg: TrainConfig, task: Task, tokenizer, configs: dict) -> dict
                                 steps_s=f"{rate:.2f}")
                 window, t_window = [], time.perf_counter()
             if state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps:
-                # a signal during validation cuts it short; the checkpoint below marks it pending
-                result = validate(lambda: stop.requested)
-                if result is None:
-                    result, stopped = {}, "signal"
-                else:
-                    validated_step, stopped = state.step, stop_reason(result)
-                    if not cfg.save_steps:
-                        save_checkpoint(accelerator, exp_path, state)
+                result, stopped = validate_then_checkpoint(stop)
+                if stopped != "signal":
+                    validated_step = state.step
             if cfg.save_steps and state.step % cfg.save_steps == 0:
                 save_checkpoint(accelerator, exp_path, state)
             state.train_seconds = seconds_before + time.perf_counter() - t_start
