@@ -170,11 +170,15 @@ def query_only(batch: dict, pad_token_id: int) -> torch.Tensor:
 class KVTaskArgs:
     data_path: str | None = option(None, "dataset written by kv_dataset_utils.py (or a published one); without it a "
                                    "small KV dataset is generated in memory from the --task_* flags")
-    tokenizer_path: str = option("tokenizers/kv_alphabet_62", "character tokenizer folder")
+    tokenizer_path: str | None = option(None, "character tokenizer folder (default: tokenizers/kv_alphabet_62, or "
+                                              "tokenizers/kv_alphabet_512 for in-memory data with "
+                                              "--task_vocab_size above 62)")
     task_n_pairs: int = option(2, "in-memory data: key-value pairs per context")
     task_key_len: int = option(1, "in-memory data: characters per key")
     task_value_len: int = option(1, "in-memory data: characters per value")
     task_vocab_size: int = option(62, "in-memory data: key/value alphabet size")
+    task_key_value_separator: bool = option(True, "in-memory data: ':' between key and value as in the paper; "
+                                                  "without it the value follows its key directly ('!kv!')")
     task_n_train: int = option(50_000, "in-memory data: training samples")
     task_n_valid: int = option(500, "in-memory data: validation (and test) samples")
 
@@ -195,14 +199,16 @@ class KVTask(Task):
             ds = kv.load_kv_dataset(c.data_path)
         else:
             task = kv.KVTaskConfig(n_pairs=c.task_n_pairs, key_len=c.task_key_len, value_len=c.task_value_len,
-                                   vocab_size=c.task_vocab_size)
+                                   vocab_size=c.task_vocab_size, key_value_separator=c.task_key_value_separator)
             ds, _ = kv.generate_kv_dataset(task, c.task_n_train, c.task_n_valid, c.task_n_valid, seed=seed)
         return pick_splits(ds, splits, c.data_path)
 
     def tokenizer(self):
         import kv_dataset_utils as kv
 
-        return kv.load_tokenizer(self.config.tokenizer_path)
+        c = self.config
+        default = "tokenizers/kv_alphabet_512" if not c.data_path and c.task_vocab_size > 62 else "tokenizers/kv_alphabet_62"
+        return kv.load_tokenizer(c.tokenizer_path or default)
 
     def collator(self, tokenizer, max_context_length=None):
         import kv_dataset_utils as kv

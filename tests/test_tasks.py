@@ -2,6 +2,7 @@
 import io
 import json
 from contextlib import redirect_stderr
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from full_context import FullContextLM
 from grad_memgpt import GradMemGPT
 from helpers import TOKENIZER, bpe_tokenizer, pretrained_folder
 from rmt import RMT
-from tasks import KVTask, TaskDataError, TextCollator, query_only, task_class
+from tasks import KVTask, KVTaskArgs, TaskDataError, TextCollator, query_only, task_class
 
 SAMPLES = [{"context": "Mary moved to the bathroom.\nJohn went to the hallway.", "query": "Question: Where is Mary?\nAnswer:",
             "target": "bathroom"},
@@ -218,3 +219,12 @@ def test_full_context_generation_may_emit_eos():
     batch = TextCollator(tok)(SAMPLES)
     new = model.generate(model.write(batch["context_input_ids"]), query_only(batch, tok.pad_token_id), max_new_tokens=3)
     assert new.shape == (2, 3) and (new[:, 0] == tok.eos_token_id).all()
+
+
+@pytest.mark.parametrize("vocab_size", [16, 62, 200])
+def test_kv_task_default_tokenizer_covers_the_generated_alphabet(vocab_size, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the default tokenizer folders are relative to the repo
+    task = KVTask(KVTaskArgs(task_vocab_size=vocab_size, task_n_pairs=4, task_n_train=50, task_n_valid=8))
+    valid = task.load_splits(("valid",))["valid"]
+    batch = task.collator(task.tokenizer())(list(valid))  # an alphabet the tokenizer lacks raises here
+    assert batch["context_input_ids"].shape[0] == 8
