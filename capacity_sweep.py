@@ -54,6 +54,8 @@ class SweepConfig:
     key_len: int = option(1, "characters per key")
     value_len: int = option(1, "characters per value")
     vocab_size: int = option(16, "key/value alphabet")
+    key_value_separator: bool = option(True, "':' between key and value, as in the paper ('!k:v!'); without it "
+                                             "('!kv!') binding needs no previous-token mechanism")
     inner_optimizer: str = option("adam", "GradMem's inner-loop update rule (with adam use K >= 2: a single Adam "
                                           "step is a sign step that passes almost no gradient through WRITE)")
     inner_lr: float = option(0.5, "GradMem's inner-loop learning rate")
@@ -99,7 +101,9 @@ def child_command(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_fro
     cmd = [sys.executable, str(ROOT / script), *flags, "--exp_path", str(run_dir(cfg, name, n_pairs, seed)),
            "--seed", str(seed), "--n_layer", str(cfg.n_layer), "--n_head", str(cfg.n_head), "--n_embd", str(cfg.n_embd),
            "--task_n_pairs", str(n_pairs), "--task_key_len", str(cfg.key_len), "--task_value_len", str(cfg.value_len),
-           "--task_vocab_size", str(cfg.vocab_size), "--task_n_train", str(cfg.n_train), "--task_n_valid", str(cfg.n_valid),
+           "--task_vocab_size", str(cfg.vocab_size),
+           "--task_key_value_separator" if cfg.key_value_separator else "--no-task_key_value_separator",
+           "--task_n_train", str(cfg.n_train), "--task_n_valid", str(cfg.n_valid),
            "--learning_rate", str(cfg.learning_rate), "--warmup_steps", "100", "--max_steps", str(cfg.max_steps),
            "--per_device_batch_size", str(cfg.batch_size), "--stop_at_exact_match", str(cfg.stop_at_exact_match),
            "--max_train_minutes", str(cfg.max_train_minutes), "--eval_steps", str(cfg.eval_steps),

@@ -79,6 +79,8 @@ class KVTaskConfig:
     min_segment_len: int = 0  # noise characters per segment, drawn uniformly in [min, max]
     max_segment_len: int = 0
     noise_ratio: float = 0.0  # or: noise characters as this fraction of the context (one segment)
+    # ':' between key and value (the paper's '!k:v!'); without it ('!kv!') the value follows its key directly
+    key_value_separator: bool = True
 
     def __post_init__(self):
         kv_alphabet(self.vocab_size)  # range check
@@ -116,7 +118,7 @@ class KVTaskConfig:
 
     @property
     def pair_len(self) -> int:
-        return self.key_len + self.value_len + 3  # '!' key ':' value '!'
+        return self.key_len + self.value_len + 2 + self.key_value_separator  # '!' key [':'] value '!'
 
     @property
     def noise_chars(self) -> int:
@@ -143,8 +145,11 @@ class KVTaskConfig:
 
     @property
     def name(self) -> str:
-        """Folder-name stem: ``N16-K2V2-V62``, ``N8-K2V2-V62_S2(100-200)`` or ``N16-K2V2-V62_noise_0.5``."""
+        """Folder-name stem: ``N16-K2V2-V62``, ``N8-K2V2-V62_S2(100-200)``, ``N16-K2V2-V62_noise_0.5``;
+        ``_nosep`` follows the vocabulary size when pairs have no ':'."""
         stem = f"N{self.n_pairs}-K{self.key_len}V{self.value_len}-V{self.vocab_size}"
+        if not self.key_value_separator:
+            stem += "_nosep"
         if self.noise_ratio:
             stem += f"_noise_{float(self.noise_ratio)!r}"
         elif self.has_noise:
@@ -205,7 +210,8 @@ def _sample_codes(cfg: KVTaskConfig, rng: np.random.Generator, n: int):
         keys = alphabet[_digits(key_index, cfg.vocab_size, cfg.key_len)]  # [n, N, key_len]
     values = alphabet[rng.integers(0, cfg.vocab_size, size=(n, N, cfg.value_len))]
     col = lambda c: np.full((n, N, 1), c, dtype=np.uint32)  # noqa: E731
-    pairs = np.concatenate([col(excl), keys, col(colon), values, col(excl)], axis=2)  # [n, N, pair_len]
+    sep = [col(colon)] if cfg.key_value_separator else []
+    pairs = np.concatenate([col(excl), keys, *sep, values, col(excl)], axis=2)  # [n, N, pair_len]
 
     if cfg.has_noise:
         context = _place_in_noise(cfg, rng, pairs, alphabet)
@@ -217,7 +223,7 @@ def _sample_codes(cfg: KVTaskConfig, rng: np.random.Generator, n: int):
     asked = rng.integers(0, N, size=n)
     rows = np.arange(n)
     query = np.concatenate([np.full((n, 1), quest, np.uint32), np.full((n, 1), excl, np.uint32),
-                            keys[rows, asked], np.full((n, 1), colon, np.uint32)], axis=1)
+                            keys[rows, asked], *[s[:, 0] for s in sep]], axis=1)
     target = np.concatenate([values[rows, asked], np.full((n, 1), excl, np.uint32),
                              np.full((n, 1), bar, np.uint32)], axis=1)
     return context, query, target
@@ -679,6 +685,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise_ratio", type=float, default=d.noise_ratio,
                    help="instead of the segment flags: noise characters make up this fraction r of each "
                         "context (0 <= r < 1), around whole pairs at random positions; adds _noise_{r} to the name")
+    p.add_argument("--key_value_separator", action=argparse.BooleanOptionalAction, default=d.key_value_separator,
+                   help="':' between key and value, as in the paper ('!k:v!'); with --no-key_value_separator "
+                        "the value follows its key directly ('!kv!', query '?!k') and _nosep is added to the name")
     p.add_argument("--n_train", type=int, default=100_000, help="training samples")
     p.add_argument("--n_valid", type=int, default=5_000, help="validation samples")
     p.add_argument("--n_test", type=int, default=5_000, help="test samples")
@@ -695,7 +704,7 @@ def main(argv=None) -> int:
         cfg = KVTaskConfig(n_pairs=args.n_pairs, key_len=args.key_len, value_len=args.value_len,
                            vocab_size=args.vocab_size, n_segments=args.n_segments,
                            min_segment_len=args.min_segment_len, max_segment_len=args.max_segment_len,
-                           noise_ratio=args.noise_ratio)
+                           noise_ratio=args.noise_ratio, key_value_separator=args.key_value_separator)
         path = Path(args.out) / dataset_folder_name(cfg, args.n_train)
         if path.exists() and not args.overwrite:  # fail before spending time generating
             raise KVDataError(f"output folder {path} already exists: pass --overwrite to replace it, "

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import re
@@ -51,6 +52,23 @@ def test_format_invariants(cfg):
         asked = query[2:-1]
         assert dict(pairs)[asked] + "!|" == target
 
+
+
+@pytest.mark.parametrize("cfg", [
+    kv.KVTaskConfig(n_pairs=6, key_value_separator=False),
+    kv.KVTaskConfig(n_pairs=3, key_len=1, value_len=2, vocab_size=16, n_segments=2, max_segment_len=8,
+                    key_value_separator=False),
+], ids=lambda c: c.name)
+def test_format_without_key_value_separator(cfg):
+    """``!kv!`` pairs and a ``?!k`` query: the same samples as with ':' for the same seed, the ':' left out."""
+    ds, _ = small(cfg)
+    with_sep, _ = small(dataclasses.replace(cfg, key_value_separator=True))
+    for s, ref in zip(ds["train"], with_sep["train"]):
+        assert ":" not in s["context"] + s["query"]
+        assert (s["context"], s["query"], s["target"]) == (ref["context"].replace(":", ""), ref["query"][:-1],
+                                                           ref["target"])
+        assert len(s["context"]) == cfg.max_context_len or cfg.has_noise
+        assert s["context"].count("!") == 2 * cfg.n_pairs
 
 def test_noise_lengths_and_pair_positions_vary():
     cfg = kv.KVTaskConfig(n_pairs=3, n_segments=2, min_segment_len=5, max_segment_len=9)
@@ -252,6 +270,8 @@ def test_folder_names():
     published = [kv.dataset_folder_name(kv.KVTaskConfig(n_pairs=n, noise_ratio=r), 1_000_000)
                  for n in (8, 16) for r in (0.25, 0.5, 0.75)]
     assert published == [f"N{n}-K2V2-V62_noise_{r}_1M" for n in (8, 16) for r in ("0.25", "0.5", "0.75")]
+    no_sep = kv.KVTaskConfig(n_pairs=2, key_len=1, value_len=1, vocab_size=16, key_value_separator=False)
+    assert kv.dataset_folder_name(no_sep, 50_000) == "N2-K1V1-V16_nosep_50K"
 
 
 @pytest.mark.parametrize("vocab_size", [62, 512])
