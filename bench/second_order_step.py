@@ -12,6 +12,7 @@ on the project's 2-core CPU machine (issue 17), and the targets.
     python bench/second_order_step.py                           # second order, the whole grid
     python bench/second_order_step.py --K 2 --attn eager --inner_loss_memory last_step --chunks 0
     python bench/second_order_step.py --grad_modes none first --chunks 0
+    python bench/second_order_step.py --K 2 --attn eager --inner_loss_memory last_step --chunks 0 --profile 20
 """
 import argparse
 import itertools

@@ -82,6 +82,18 @@ def run_one(setting: dict, args) -> dict:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if args.profile:  # one more step, after the timed ones: its top ops by self time, grouped by input shapes
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+        with profile(activities=activities, record_shapes=True) as prof:
+            model(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=args.profile,
+                                                                 max_name_column_width=40, max_shapes_column_width=80),
+              file=sys.stderr)
     context_length = int((batch["context_input_ids"] != 0).sum(1).max())
     return {"median_s": statistics.median(times), "min_s": min(times), "peak_mb": peak_mb, "device": device,
             "state_bytes": model.state_bytes_per_context(context_length)}
@@ -90,9 +102,11 @@ def run_one(setting: dict, args) -> dict:
 def measure(setting: dict, args) -> dict:
     """Run one setting in a fresh subprocess; its result dict, or ``{"error": ...}``."""
     passthrough = ["--batch_size", str(args.batch_size), "--n_pairs", str(args.n_pairs),
-                   "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+                   "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--profile", str(args.profile)]
     res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(setting), *passthrough],
                          capture_output=True, text=True, cwd=ROOT)
+    if args.profile and not res.returncode:
+        print(f"profile of {setting}:\n{res.stderr}", file=sys.stderr)
     if res.returncode:
         return {"error": (res.stderr.strip().splitlines() or ["killed"])[-1]}
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -103,6 +117,9 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n_pairs", type=int, default=16, help="key-value pairs per context")
     p.add_argument("--repeats", type=int, default=5, help="timed steps; the median is reported")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after the timed steps, profile one more (torch.profiler) and print its N costliest ops by "
+                        "self time, grouped by input shapes, to stderr (0: off)")
 
 
 def main():
