@@ -72,7 +72,15 @@ class SweepConfig:
                                         "(with the caps above, each model trains until it stops improving)")
     curriculum: bool = option(True, "start each run from the best weights of the same model and seed at the "
                                     "next smaller pair count (runs of one chain go in order of pairs)")
+    curriculum_anchor: int | None = option(None, "pair count where each curriculum chain starts from scratch "
+                                                 "(default: the smallest); runs below it start from the next "
+                                                 "larger pair count")
     parallel: int = option(2, "runs at a time, one thread each")
+
+    def __post_init__(self):
+        if self.curriculum_anchor is not None and self.curriculum_anchor not in self.pairs:
+            raise ValueError(f"curriculum_anchor={self.curriculum_anchor} is not one of the pair counts "
+                             f"{list(self.pairs)}: pick one of them or leave it unset.")
 
 
 def model_flags(name: str, cfg: SweepConfig) -> tuple[str, list[str], int | None]:
@@ -157,7 +165,8 @@ def _stopped_on_nonfinite_steps(exp: Path) -> bool:
 
 
 def _init_from(cfg: SweepConfig, rows: list[dict], run: tuple[str, int, int]) -> str | None:
-    return curriculum_start(cfg.pairs, rows, run, lambda *r: run_dir(cfg, *r).name, cfg.curriculum)
+    return curriculum_start(cfg.pairs, rows, run, lambda *r: run_dir(cfg, *r).name, cfg.curriculum,
+                            cfg.curriculum_anchor)
 
 
 def sweep(cfg: SweepConfig) -> list[dict]:

@@ -28,17 +28,28 @@ def write_rows(path: str | os.PathLike, rows: list[dict], columns: tuple[str, ..
 
 
 def curriculum_start(pairs: tuple[int, ...], rows: list[dict], run: tuple[str, int, int], run_name,
-                     curriculum: bool = True) -> str | None:
+                     curriculum: bool = True, anchor: int | None = None) -> str | None:
     """Where run ``(model, n_pairs, seed)`` starts: "" (from scratch), the name of the run whose weights it
     starts from, or None while its predecessor has no row yet.
 
-    Under the curriculum a run starts from the same model and seed at the next smaller pair count; if
-    that run failed, from the last of the chain that trained ("ok"), else from scratch. ``run_name(model,
-    n_pairs, seed)`` names a run's folder."""
+    Under the curriculum each model and seed trains one chain that starts from scratch at the ``anchor`` pair
+    count (default: the smallest) and moves outwards one pair count at a time: a run above the anchor starts
+    from the next smaller pair count, one below it from the next larger. If that run failed, it starts from
+    the last of the chain that trained ("ok"), else from scratch. ``run_name(model, n_pairs, seed)`` names a
+    run's folder."""
     name, n, seed = run
-    smaller = [p for p in sorted(pairs) if p < n] if curriculum else []
+    ordered = sorted(pairs)
+    anchor = ordered[0] if anchor is None else anchor
+    if anchor not in ordered:
+        raise ValueError(f"curriculum anchor {anchor} is not one of the pair counts {ordered}: pick one of them.")
+    if not curriculum:
+        chain = []
+    elif n >= anchor:
+        chain = [p for p in ordered if anchor <= p < n]  # ascending: the nearest predecessor last
+    else:
+        chain = [p for p in reversed(ordered) if n < p <= anchor]  # descending: the nearest predecessor last
     finished = {(r["model"], int(r["n_pairs"]), int(r["seed"])): r["status"] for r in rows}
-    if smaller and (name, smaller[-1], seed) not in finished:
+    if chain and (name, chain[-1], seed) not in finished:
         return None
-    trained = [p for p in smaller if finished.get((name, p, seed)) == "ok"]
+    trained = [p for p in chain if finished.get((name, p, seed)) == "ok"]
     return run_name(name, trained[-1], seed) if trained else ""
