@@ -5,6 +5,7 @@
 #   scripts/capacity_sweep.sh                      # CPU scale
 #   PAIRS="1 2 4" SEEDS="0" scripts/capacity_sweep.sh
 #   SCALE=paper scripts/capacity_sweep.sh          # 8 memory tokens, L4 D128, N up to 96, on a GPU
+#   SCALE=cpu2 scripts/capacity_sweep.sh           # round 2 on CPU: '!kv!' pairs, N up to 32, early stopping
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
@@ -14,6 +15,11 @@ if [ "${SCALE:-cpu}" = paper ]; then
          --pairs 8 16 32 64 96 --models gradmem_k1 gradmem_k5 rmt full_context --n_train 1000000
          --inner_optimizer sgd --inner_lr 1.0
          --learning_rate 1e-4 --max_steps 200000 --max_train_minutes 1440 --eval_steps 5000 --parallel 1)
+fi
+if [ "${SCALE:-cpu}" = cpu2 ]; then  # round 2 (in progress): '!kv!' pairs, so that the full-context bound holds
+  args+=(--out_dir results/capacity_round2 --runs_dir runs/sweep2 --vocab_size 62 --no-key_value_separator
+         --models full_context rmt gradmem_sgd_k1 gradmem_k2 gradmem_k3 gradmem_k5 --pairs 2 4 8 16 32
+         --curriculum_anchor 8 --patience 8 --max_steps 20000 --eval_steps 250 --max_train_minutes 30 --batch_size 64)
 fi
 if [ -n "${PAIRS:-}" ]; then args+=(--pairs $PAIRS); fi
 if [ -n "${SEEDS:-}" ]; then args+=(--seeds $SEEDS); fi
