@@ -16,10 +16,10 @@ if [ "${SCALE:-cpu}" = paper ]; then
          --inner_optimizer sgd --inner_lr 1.0
          --learning_rate 1e-4 --max_steps 200000 --max_train_minutes 1440 --eval_steps 5000 --parallel 1)
 fi
-if [ "${SCALE:-cpu}" = cpu2 ]; then  # round 2 (in progress): '!kv!' pairs, so that the full-context bound holds
+if [ "${SCALE:-cpu}" = cpu2 ]; then  # round 2 (in progress): '!kv!' pairs; patience 40 outlasts the binding plateau
   args+=(--out_dir results/capacity_round2 --runs_dir runs/sweep2 --vocab_size 62 --no-key_value_separator
          --models full_context rmt gradmem_sgd_k1 gradmem_k2 gradmem_k3 gradmem_k5 --pairs 2 4 8 16 32
-         --curriculum_anchor 8 --patience 8 --max_steps 20000 --eval_steps 250 --max_train_minutes 30 --batch_size 64)
+         --curriculum_anchor 8 --patience 40 --max_steps 20000 --eval_steps 250 --max_train_minutes 30 --batch_size 64)
 fi
 if [ -n "${PAIRS:-}" ]; then args+=(--pairs $PAIRS); fi
 if [ -n "${SEEDS:-}" ]; then args+=(--seeds $SEEDS); fi
