@@ -207,7 +207,8 @@ class KVTask(Task):
         import kv_dataset_utils as kv
 
         c = self.config
-        default = "tokenizers/kv_alphabet_512" if not c.data_path and c.task_vocab_size > 62 else "tokenizers/kv_alphabet_62"
+        wide = not c.data_path and c.task_vocab_size > 62  # in-memory data beyond [a-zA-Z0-9]
+        default = "tokenizers/kv_alphabet_512" if wide else "tokenizers/kv_alphabet_62"
         return kv.load_tokenizer(c.tokenizer_path or default)
 
     def collator(self, tokenizer, max_context_length=None):

@@ -162,7 +162,6 @@ def test_curriculum_waits_for_the_previous_pair_count_and_skips_failed_runs():
     assert capacity_sweep._init_from(no_curriculum, [], ("rmt", 4, 0)) == ""
 
 
-
 def test_curriculum_from_an_anchor_runs_outwards_both_ways():
     cfg = capacity_sweep.SweepConfig(pairs=(2, 4, 8, 16), seeds=(0,), curriculum_anchor=8)
     row = lambda n, status="ok": {"model": "full_context", "n_pairs": str(n), "seed": "0", "status": status}
@@ -175,6 +174,7 @@ def test_curriculum_from_an_anchor_runs_outwards_both_ways():
     assert start(done + [row(4, "diverged")], 2) == "full_context_N8_s0"  # the last of its chain that trained
     with pytest.raises(ValueError, match="curriculum_anchor=3 is not one of the pair counts"):
         capacity_sweep.SweepConfig(pairs=(2, 4), curriculum_anchor=3)
+
 
 def test_unknown_model_names_fail_before_any_run():
     with pytest.raises(ValueError, match="unknown sweep model 'lstm'"):

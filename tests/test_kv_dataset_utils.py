@@ -53,7 +53,6 @@ def test_format_invariants(cfg):
         assert dict(pairs)[asked] + "!|" == target
 
 
-
 @pytest.mark.parametrize("cfg", [
     kv.KVTaskConfig(n_pairs=6, key_value_separator=False),
     kv.KVTaskConfig(n_pairs=3, key_len=1, value_len=2, vocab_size=16, n_segments=2, max_segment_len=8,
