@@ -17,6 +17,7 @@ the figures from the CSV alone.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -25,6 +26,7 @@ import re
 import subprocess
 import sys
 import time
+import typing
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,12 +77,55 @@ class SweepConfig:
     curriculum_anchor: int | None = option(None, "pair count where each curriculum chain starts from scratch "
                                                  "(default: the smallest); runs below it start from the next "
                                                  "larger pair count")
+    model_overrides: tuple[str, ...] = option((), "settings of single models, as model.field=value, e.g. "
+                                                  "full_context.curriculum_anchor=8 (a full-context transformer "
+                                                  "learns its induction mechanism most readily at a middle pair "
+                                                  "count) or full_context.patience=40; the field is any training "
+                                                  "setting of this config")
     parallel: int = option(2, "runs at a time, one thread each")
 
     def __post_init__(self):
         if self.curriculum_anchor is not None and self.curriculum_anchor not in self.pairs:
             raise ValueError(f"curriculum_anchor={self.curriculum_anchor} is not one of the pair counts "
                              f"{list(self.pairs)}: pick one of them or leave it unset.")
+        for name in self.models:
+            self.for_model(name)  # a bad override fails here, before any run
+
+    def for_model(self, name: str) -> "SweepConfig":
+        """This config with the ``model_overrides`` of model ``name`` applied."""
+        hints = typing.get_type_hints(SweepConfig)
+        changes = {}
+        for entry in self.model_overrides:
+            target, _, value = entry.partition("=")
+            model, _, field = target.partition(".")
+            if not value or field not in hints or field in _NOT_PER_MODEL:
+                settable = sorted(set(hints) - _NOT_PER_MODEL)
+                raise ValueError(f"model_overrides entry {entry!r} is not model.field=value with a field of "
+                                 f"{settable}: write it as e.g. full_context.patience=40.")
+            if model not in self.models:
+                raise ValueError(f"model_overrides entry {entry!r} names {model!r}, which is not one of the "
+                                 f"models {list(self.models)}.")
+            if model == name:
+                changes[field] = _parse_setting(value, hints[field], entry)
+        return dataclasses.replace(self, model_overrides=(), **changes) if changes else self
+
+
+# fields that describe the whole sweep rather than how one run trains
+_NOT_PER_MODEL = {"out_dir", "runs_dir", "models", "pairs", "seeds", "model_overrides", "parallel"}
+
+
+def _parse_setting(value: str, tp, entry: str):
+    """``value`` as the type of the field it sets (``int | None`` as int, "true"/"false" for a bool)."""
+    kinds = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    kind = kinds[0]
+    if kind is bool:
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"model_overrides entry {entry!r}: write the setting as true or false.")
+        return value.lower() == "true"
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"model_overrides entry {entry!r}: cannot read {value!r} as {kind.__name__}.") from None
 
 
 def model_flags(name: str, cfg: SweepConfig) -> tuple[str, list[str], int | None]:
@@ -105,6 +150,7 @@ def run_dir(cfg: SweepConfig, name: str, n_pairs: int, seed: int) -> Path:
 
 def child_command(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_from: str = "") -> list[str]:
     """The command line that trains one run (from the best weights of run ``init_from``, if given)."""
+    cfg = cfg.for_model(name)
     script, flags, _ = model_flags(name, cfg)
     cmd = [sys.executable, str(ROOT / script), *flags, "--exp_path", str(run_dir(cfg, name, n_pairs, seed)),
            "--seed", str(seed), "--n_layer", str(cfg.n_layer), "--n_head", str(cfg.n_head), "--n_embd", str(cfg.n_embd),
@@ -126,6 +172,7 @@ def child_command(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_fro
 def run_one(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_from: str = "") -> list[dict]:
     """Train one run (resuming if it was interrupted; from the weights of run ``init_from`` if given),
     evaluate it, return its CSV rows."""
+    cfg = cfg.for_model(name)
     _, _, K = model_flags(name, cfg)
     exp = run_dir(cfg, name, n_pairs, seed)
     exp.mkdir(parents=True, exist_ok=True)
@@ -165,8 +212,9 @@ def _stopped_on_nonfinite_steps(exp: Path) -> bool:
 
 
 def _init_from(cfg: SweepConfig, rows: list[dict], run: tuple[str, int, int]) -> str | None:
-    return curriculum_start(cfg.pairs, rows, run, lambda *r: run_dir(cfg, *r).name, cfg.curriculum,
-                            cfg.curriculum_anchor)
+    own = cfg.for_model(run[0])
+    return curriculum_start(cfg.pairs, rows, run, lambda *r: run_dir(cfg, *r).name, own.curriculum,
+                            own.curriculum_anchor)
 
 
 def sweep(cfg: SweepConfig) -> list[dict]:

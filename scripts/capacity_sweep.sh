@@ -5,7 +5,7 @@
 #   scripts/capacity_sweep.sh                      # CPU scale
 #   PAIRS="1 2 4" SEEDS="0" scripts/capacity_sweep.sh
 #   SCALE=paper scripts/capacity_sweep.sh          # 8 memory tokens, L4 D128, N up to 96, on a GPU
-#   SCALE=cpu2 scripts/capacity_sweep.sh           # round 2 on CPU: '!kv!' pairs, N up to 32, early stopping
+#   SCALE=cpu2 scripts/capacity_sweep.sh           # round 2 on CPU: '!kv!' pairs, 1 memory vector, early stopping
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
@@ -16,10 +16,15 @@ if [ "${SCALE:-cpu}" = paper ]; then
          --inner_optimizer sgd --inner_lr 1.0
          --learning_rate 1e-4 --max_steps 200000 --max_train_minutes 1440 --eval_steps 5000 --parallel 1)
 fi
-if [ "${SCALE:-cpu}" = cpu2 ]; then  # round 2 (in progress): '!kv!' pairs; patience 40 outlasts the binding plateau
+if [ "${SCALE:-cpu}" = cpu2 ]; then
+  # round 2: '!kv!' pairs, one memory vector, each model trained until it stops improving. Full context
+  # starts its chains at 8 pairs, where it learns induction, and needs the patience to outlast that plateau.
   args+=(--out_dir results/capacity_round2 --runs_dir runs/sweep2 --vocab_size 62 --no-key_value_separator
-         --models full_context rmt gradmem_sgd_k1 gradmem_k2 gradmem_k3 gradmem_k5 --pairs 2 4 8 16 32
-         --curriculum_anchor 8 --patience 40 --max_steps 20000 --eval_steps 250 --max_train_minutes 30 --batch_size 64)
+         --n_mem_tokens 1 --pairs 1 2 4 8 16 --batch_size 64 --eval_steps 250 --max_steps 20000
+         --patience 6 --max_train_minutes 8
+         --models full_context rmt gradmem_k2 gradmem_k3 gradmem_k5 gradmem_sgd_k1
+         --model_overrides full_context.curriculum_anchor=8 full_context.patience=40
+                           full_context.max_train_minutes=30)
 fi
 if [ -n "${PAIRS:-}" ]; then args+=(--pairs $PAIRS); fi
 if [ -n "${SEEDS:-}" ]; then args+=(--seeds $SEEDS); fi

@@ -109,8 +109,8 @@ def test_the_shell_presets_parse(tmp_path, monkeypatch):
     fake_python.chmod(0o755)
     for env, expected in [({"SCALE": "paper"}, dict(pairs=(8, 16, 32, 64, 96), n_embd=128, inner_optimizer="sgd",
                                                       models=("gradmem_k1", "gradmem_k5", "rmt", "full_context"))),
-                          ({"SCALE": "cpu2"}, dict(pairs=(2, 4, 8, 16, 32), vocab_size=62, key_value_separator=False,
-                                                   curriculum_anchor=8, patience=40, runs_dir="runs/sweep2")),
+                          ({"SCALE": "cpu2"}, dict(pairs=(1, 2, 4, 8, 16), vocab_size=62, key_value_separator=False,
+                                                   n_mem_tokens=1, patience=6, runs_dir="runs/sweep2")),
                           ({"PAIRS": "2 4", "SEEDS": "5", "MODELS": "rmt gradmem_k2"},
                            dict(pairs=(2, 4), seeds=(5,), models=("rmt", "gradmem_k2"), n_embd=64))]:
         subprocess.run(["bash", str(ROOT / "scripts" / "capacity_sweep.sh")], check=True,
@@ -174,6 +174,33 @@ def test_curriculum_from_an_anchor_runs_outwards_both_ways():
     assert start(done + [row(4, "diverged")], 2) == "full_context_N8_s0"  # the last of its chain that trained
     with pytest.raises(ValueError, match="curriculum_anchor=3 is not one of the pair counts"):
         capacity_sweep.SweepConfig(pairs=(2, 4), curriculum_anchor=3)
+
+
+def test_model_overrides_set_one_models_anchor_and_budget():
+    cfg = capacity_sweep.SweepConfig(pairs=(1, 2, 8), seeds=(0,), models=("full_context", "rmt"), patience=6,
+                                     model_overrides=("full_context.curriculum_anchor=8", "full_context.patience=40",
+                                                      "rmt.curriculum=false", "rmt.learning_rate=3e-4"))
+    assert capacity_sweep._init_from(cfg, [], ("full_context", 8, 0)) == ""
+    assert capacity_sweep._init_from(cfg, [], ("full_context", 1, 0)) is None  # waits for its anchor
+    assert capacity_sweep._init_from(cfg, [], ("rmt", 8, 0)) == ""  # no curriculum: every run from scratch
+    flag = lambda cmd, name: cmd[cmd.index(name) + 1]
+    full, rmt = (capacity_sweep.child_command(m, 2, 0, cfg) for m in ("full_context", "rmt"))
+    assert (flag(full, "--early_stopping_patience"), flag(rmt, "--early_stopping_patience")) == ("40", "6")
+    assert (flag(full, "--learning_rate"), flag(rmt, "--learning_rate")) == ("0.001", "0.0003")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("full_context:8", "is not model.field=value"),
+    ("full_context.pairs=8", "is not model.field=value"),
+    ("full_context.learning_rat=1e-3", "is not model.field=value"),
+    ("gradmem_k2.patience=4", "names 'gradmem_k2', which is not one of the models"),
+    ("full_context.patience=many", "cannot read 'many' as int"),
+    ("full_context.curriculum=yes", "write the setting as true or false"),
+    ("full_context.curriculum_anchor=4", "curriculum_anchor=4 is not one of the pair counts"),
+])
+def test_bad_model_overrides_fail_when_the_config_is_built(entry, message):
+    with pytest.raises(ValueError, match=message):
+        capacity_sweep.SweepConfig(pairs=(1, 8), models=("full_context",), model_overrides=(entry,))
 
 
 def test_unknown_model_names_fail_before_any_run():
