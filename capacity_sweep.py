@@ -292,7 +292,8 @@ def plot_capacity(rows: list[dict], path) -> None:
 
 
 def plot_k_extrapolation(rows: list[dict], path) -> None:
-    """Heatmaps of mean exact match over K_train (rows) x K_test (columns), one per pair count."""
+    """Heatmaps of mean exact match over GradMem models (rows, by their K_train) x K_test (columns), one per
+    pair count."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -301,26 +302,25 @@ def plot_k_extrapolation(rows: list[dict], path) -> None:
 
     rows = [r for r in rows if r["status"] == "ok" and r["K_train"] and r["K_test"]]
     pairs = sorted({int(r["n_pairs"]) for r in rows})
-    k_train = sorted({int(r["K_train"]) for r in rows})
+    models = sorted({r["model"] for r in rows}, key=lambda m: (_k_of(m), m))
     k_test = sorted({int(r["K_test"]) for r in rows})
     fig, axes = plt.subplots(1, max(1, len(pairs)), figsize=(2.6 * max(1, len(pairs)) + 1, 2.8), squeeze=False,
                              layout="constrained")
     for ax, n in zip(axes[0], pairs):
-        grid = np.full((len(k_train), len(k_test)), np.nan)
-        for i, kt in enumerate(k_train):
+        grid = np.full((len(models), len(k_test)), np.nan)
+        for i, model in enumerate(models):
             for j, ke in enumerate(k_test):
                 em = [float(r["exact_match"]) for r in rows
-                      if int(r["n_pairs"]) == n and int(r["K_train"]) == kt and int(r["K_test"]) == ke]
+                      if int(r["n_pairs"]) == n and r["model"] == model and int(r["K_test"]) == ke]
                 grid[i, j] = np.mean(em) if em else np.nan
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower")
         ax.set_xticks(range(len(k_test)), k_test)
-        ax.set_yticks(range(len(k_train)), k_train)
+        ax.set_yticks(range(len(models)), models if ax is axes[0][0] else [])
         ax.set_xlabel("K_test")
         ax.set_title(f"{n} pairs")
         for (i, j), v in np.ndenumerate(grid):
             if np.isfinite(v):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
-    axes[0][0].set_ylabel("K_train")
     if pairs:
         fig.colorbar(im, ax=axes[0].tolist(), label="exact match")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -352,12 +352,38 @@ def summary_tables(rows: list[dict]) -> str:
     out = "Test exact match, as trained (mean over seeds, min-max in brackets):\n\n"
     out += table("model", models, pairs, lambda m: [r for r in as_trained if r["model"] == m])
     gradmem = [r for r in rows if r["K_train"] and r["status"] == "ok"]
-    keys = sorted({(int(r["K_train"]), int(r["K_test"])) for r in gradmem})
+    keys = sorted({(r["model"], int(r["K_test"])) for r in gradmem}, key=lambda k: (_k_of(k[0]), k))
     if keys:
-        out += "\nGradMem test exact match by K_train / K_test:\n\n"
-        out += table("K_train / K_test", [f"{a} / {b}" for a, b in keys], pairs,
-                     lambda key: [r for r in gradmem if f"{r['K_train']} / {r['K_test']}" == key])
+        out += "\nGradMem test exact match by K_test (trained at the K in its name):\n\n"
+        out += table("model / K_test", [f"{m} / {k}" for m, k in keys], pairs,
+                     lambda key: [r for r in gradmem if f"{r['model']} / {r['K_test']}" == key])
+    if any(r.get("train_time_s") for r in as_trained):
+        out += "\n" + budget_table(as_trained, models, pairs)
     return out
+
+
+def _k_of(model: str) -> int:
+    return int(re.search(r"k([0-9]+)$", model)[1])
+
+
+def budget_table(rows: list[dict], models, pairs) -> str:
+    """Markdown: the median steps and training minutes each model used per pair count, and how many of
+    its runs stopped at the target exact match (the rest stopped on patience or a cap)."""
+    lines = ["Training budget used: median steps, median minutes, runs that reached the target / runs:\n",
+             "| model | " + " | ".join(f"N={n}" for n in pairs) + " |", "|---" * (len(pairs) + 1) + "|"]
+    for model in models:
+        cells = []
+        for n in pairs:
+            runs = [r for r in rows if r["model"] == model and int(r["n_pairs"]) == n and r["status"] == "ok"]
+            if not runs:
+                cells.append("-")
+                continue
+            steps = sorted(int(r["steps"]) for r in runs)
+            minutes = sorted(float(r["train_time_s"]) / 60 for r in runs)
+            hit = sum(r["stopped"] == "target_exact_match" for r in runs)
+            cells.append(f"{steps[len(steps) // 2]:,}, {minutes[len(minutes) // 2]:.1f} min, {hit}/{len(runs)}")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:

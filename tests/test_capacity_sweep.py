@@ -49,7 +49,8 @@ def test_sweep_writes_well_formed_rows_and_plots(swept):
     assert sorted(r["model"] for r in failed) == ["gradmem_k1", "rmt"]
     assert all(r["n_pairs"] == "8" and "distinct keys" in r["status"] and math.isnan(float(r["exact_match"])) for r in failed)
     table = (path / "capacity.md").read_text()
-    assert "| rmt |" in table and "| 1 / 2 |" in table and table.count("1 failed") == 2
+    assert "| rmt |" in table and "| gradmem_k1 / 2 |" in table and table.count("1 failed") == 2
+    assert "| rmt | 2, 0.0 min, 0/1 | - |" in table  # the budget: steps, minutes, runs that reached the target
     for png in ("capacity.png", "k_extrapolation.png"):
         assert (path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
