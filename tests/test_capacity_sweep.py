@@ -110,7 +110,7 @@ def test_the_shell_presets_parse(tmp_path, monkeypatch):
     fake_python.chmod(0o755)
     for env, expected in [({"SCALE": "paper"}, dict(pairs=(8, 16, 32, 64, 96), n_embd=128, inner_optimizer="sgd",
                                                       models=("gradmem_k1", "gradmem_k5", "rmt", "full_context"))),
-                          ({"SCALE": "cpu2"}, dict(pairs=(1, 2, 4, 8, 16), vocab_size=62, key_value_separator=False,
+                          ({"SCALE": "cpu2"}, dict(pairs=(1, 2, 4, 8), vocab_size=62, key_value_separator=False,
                                                    n_mem_tokens=1, patience=6, runs_dir="runs/sweep2")),
                           ({"PAIRS": "2 4", "SEEDS": "5", "MODELS": "rmt gradmem_k2"},
                            dict(pairs=(2, 4), seeds=(5,), models=("rmt", "gradmem_k2"), n_embd=64))]:
