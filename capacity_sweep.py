@@ -83,6 +83,8 @@ class SweepConfig:
                                                   "count) or full_context.patience=40; the field is any training "
                                                   "setting of this config")
     parallel: int = option(2, "runs at a time, one thread each")
+    report_only: bool = option(False, "train nothing: redraw the plots and tables from the CSV (e.g. of an "
+                                      "interrupted sweep)")
 
     def __post_init__(self):
         if self.curriculum_anchor is not None and self.curriculum_anchor not in self.pairs:
@@ -111,7 +113,7 @@ class SweepConfig:
 
 
 # fields that describe the whole sweep rather than how one run trains
-_NOT_PER_MODEL = {"out_dir", "runs_dir", "models", "pairs", "seeds", "model_overrides", "parallel"}
+_NOT_PER_MODEL = {"out_dir", "runs_dir", "models", "pairs", "seeds", "model_overrides", "parallel", "report_only"}
 
 
 def _parse_setting(value: str, tp, entry: str):
@@ -248,11 +250,16 @@ def sweep(cfg: SweepConfig) -> list[dict]:
                 write_rows(csv_path, rows, COLUMNS)
                 best = max((float(r["exact_match"]) for r in new), default=float("nan"))
                 print(f"done {running.pop(future)}: {new[0]['status']}, exact_match {best}", flush=True)
+    write_report(rows, out)
+    return rows
+
+
+def write_report(rows: list[dict], out: Path) -> None:
+    """The plots and the markdown tables of ``rows``, into folder ``out``."""
     plot_capacity(rows, out / "capacity.png")
     plot_k_extrapolation(rows, out / "k_extrapolation.png")
     with atomic_file(out / "capacity.md") as tmp:
         tmp.write_text(summary_tables(rows))
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,6 +397,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p, SweepConfig, "sweep")
     cfg = config_from_args(SweepConfig, p.parse_args(argv))
+    if cfg.report_only:
+        rows = read_rows(Path(cfg.out_dir) / "capacity.csv")
+        if not rows:
+            raise SystemExit(f"--report_only: no rows in {Path(cfg.out_dir) / 'capacity.csv'}; run the sweep first.")
+        write_report(rows, Path(cfg.out_dir))
+        print(f"redrew the plots and capacity.md from {len(rows)} rows")
+        return 0
     sweep(cfg)
     print(f"wrote {Path(cfg.out_dir) / 'capacity.csv'} and the plots")
     return 0

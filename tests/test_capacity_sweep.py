@@ -136,6 +136,17 @@ def test_a_second_invocation_skips_what_is_done(swept, capsys):
     assert "runs recorded, 0 to go" in capsys.readouterr().out and len(again) == len(rows)
 
 
+def test_report_only_redraws_from_the_csv_without_training(swept, tmp_path, monkeypatch):
+    cfg, _ = swept
+    out = capacity_sweep.Path(cfg.out_dir)
+    (out / "capacity.md").unlink()
+    monkeypatch.setattr(capacity_sweep, "sweep", lambda cfg: pytest.fail("--report_only must not train"))
+    capacity_sweep.main(["--out_dir", cfg.out_dir, "--report_only"])
+    assert "| rmt |" in (out / "capacity.md").read_text()
+    with pytest.raises(SystemExit, match="no rows in"):
+        capacity_sweep.main(["--out_dir", str(tmp_path), "--report_only"])
+
+
 def test_collect_results_notebook_rebuilds_the_plots(swept, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
