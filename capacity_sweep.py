@@ -23,6 +23,7 @@ import math
 import multiprocessing
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -309,7 +310,7 @@ def plot_k_extrapolation(rows: list[dict], path) -> None:
 
     rows = [r for r in rows if r["status"] == "ok" and r["K_train"] and r["K_test"]]
     pairs = sorted({int(r["n_pairs"]) for r in rows})
-    models = sorted({r["model"] for r in rows}, key=lambda m: (_k_of(m), m))
+    models = [m for _, m in sorted({(int(r["K_train"]), r["model"]) for r in rows})]
     k_test = sorted({int(r["K_test"]) for r in rows})
     fig, axes = plt.subplots(1, max(1, len(pairs)), figsize=(2.6 * max(1, len(pairs)) + 1, 2.8), squeeze=False,
                              layout="constrained")
@@ -335,62 +336,58 @@ def plot_k_extrapolation(rows: list[dict], path) -> None:
     plt.close(fig)
 
 
+def _markdown_table(header: str, keys, pairs, select, cell) -> str:
+    """A markdown table with a row per key and a column per pair count; ``cell`` formats the rows
+    ``select(key)`` holds at that pair count."""
+    lines = [f"| {header} | " + " | ".join(f"N={n}" for n in pairs) + " |", "|---" * (len(pairs) + 1) + "|"]
+    for key in keys:
+        chosen = select(key)
+        lines.append(f"| {key} | " + " | ".join(cell([r for r in chosen if int(r["n_pairs"]) == n]) for n in pairs)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _exact_match_cell(runs: list[dict]) -> str:
+    """Mean (min-max) exact match of the runs that trained; failed or diverged ones are counted."""
+    ems = [float(r["exact_match"]) for r in runs if r["status"] == "ok"]
+    bad = sum(r["status"] != "ok" for r in runs)
+    text = f"{sum(ems) / len(ems):.3f} ({min(ems):.2f}-{max(ems):.2f})" if ems else "-"
+    return text + (f", {bad} failed" if bad else "")
+
+
+def _budget_cell(runs: list[dict]) -> str:
+    """Median steps and training minutes of the runs that trained, and how many reached the target."""
+    runs = [r for r in runs if r["status"] == "ok"]
+    if not runs:
+        return "-"
+    steps = statistics.median(int(r["steps"]) for r in runs)
+    minutes = statistics.median(float(r["train_time_s"]) / 60 for r in runs)
+    hit = sum(r["stopped"] == "target_exact_match" for r in runs)
+    return f"{steps:,.0f}, {minutes:.1f} min, {hit}/{len(runs)}"
+
+
 def summary_tables(rows: list[dict]) -> str:
     """Markdown: mean test exact match over seeds (min-max in brackets) per model and pair count, as
-    trained; then GradMem per K_test. Failed or diverged runs are counted, not averaged."""
-    def cell(ems, bad):
-        text = f"{sum(ems) / len(ems):.3f} ({min(ems):.2f}-{max(ems):.2f})" if ems else "-"
-        return text + (f", {bad} failed" if bad else "")
-
-    def table(header, keys, pairs, select):
-        lines = [f"| {header} | " + " | ".join(f"N={n}" for n in pairs) + " |", "|---" * (len(pairs) + 1) + "|"]
-        for key in keys:
-            cells = []
-            for n in pairs:
-                chosen = [r for r in select(key) if int(r["n_pairs"]) == n]
-                cells.append(cell([float(r["exact_match"]) for r in chosen if r["status"] == "ok"],
-                                  sum(r["status"] != "ok" for r in chosen)))
-            lines.append(f"| {key} | " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
-
+    trained; then GradMem per K_test; then the budget each model used (median steps and minutes, and how
+    many of its runs stopped at the target exact match rather than on patience or a cap). Failed or
+    diverged runs are counted, not averaged."""
     pairs = sorted({int(r["n_pairs"]) for r in rows})
     models = sorted({r["model"] for r in rows})
     as_trained = [r for r in rows if r["K_test"] == r["K_train"] or r["status"] != "ok"]
+    of_model = lambda m: [r for r in as_trained if r["model"] == m]
     out = "Test exact match, as trained (mean over seeds, min-max in brackets):\n\n"
-    out += table("model", models, pairs, lambda m: [r for r in as_trained if r["model"] == m])
+    out += _markdown_table("model", models, pairs, of_model, _exact_match_cell)
     gradmem = [r for r in rows if r["K_train"] and r["status"] == "ok"]
-    keys = sorted({(r["model"], int(r["K_test"])) for r in gradmem}, key=lambda k: (_k_of(k[0]), k))
+    keys = sorted({(int(r["K_train"]), r["model"], int(r["K_test"])) for r in gradmem})
     if keys:
         out += "\nGradMem test exact match by K_test (trained at the K in its name):\n\n"
-        out += table("model / K_test", [f"{m} / {k}" for m, k in keys], pairs,
-                     lambda key: [r for r in gradmem if f"{r['model']} / {r['K_test']}" == key])
+        out += _markdown_table("model / K_test", [f"{m} / {k}" for _, m, k in keys], pairs,
+                               lambda key: [r for r in gradmem if f"{r['model']} / {r['K_test']}" == key],
+                               _exact_match_cell)
     if any(r.get("train_time_s") for r in as_trained):
-        out += "\n" + budget_table(as_trained, models, pairs)
+        out += "\nTraining budget used: median steps, median minutes, runs that reached the target / runs:\n\n"
+        out += _markdown_table("model", models, pairs, of_model, _budget_cell)
     return out
-
-
-def _k_of(model: str) -> int:
-    return int(re.search(r"k([0-9]+)$", model)[1])
-
-
-def budget_table(rows: list[dict], models, pairs) -> str:
-    """Markdown: the median steps and training minutes each model used per pair count, and how many of
-    its runs stopped at the target exact match (the rest stopped on patience or a cap)."""
-    lines = ["Training budget used: median steps, median minutes, runs that reached the target / runs:\n",
-             "| model | " + " | ".join(f"N={n}" for n in pairs) + " |", "|---" * (len(pairs) + 1) + "|"]
-    for model in models:
-        cells = []
-        for n in pairs:
-            runs = [r for r in rows if r["model"] == model and int(r["n_pairs"]) == n and r["status"] == "ok"]
-            if not runs:
-                cells.append("-")
-                continue
-            steps = sorted(int(r["steps"]) for r in runs)
-            minutes = sorted(float(r["train_time_s"]) / 60 for r in runs)
-            hit = sum(r["stopped"] == "target_exact_match" for r in runs)
-            cells.append(f"{steps[len(steps) // 2]:,}, {minutes[len(minutes) // 2]:.1f} min, {hit}/{len(runs)}")
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:

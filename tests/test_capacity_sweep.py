@@ -136,6 +136,16 @@ def test_a_second_invocation_skips_what_is_done(swept, capsys):
     assert "runs recorded, 0 to go" in capsys.readouterr().out and len(again) == len(rows)
 
 
+def test_budget_table_gives_medians_and_runs_that_reached_the_target():
+    run = lambda seed, steps, minutes, stopped: {
+        "model": "rmt", "n_pairs": "4", "seed": str(seed), "K_train": "", "K_test": "", "exact_match": "0.5",
+        "status": "ok", "steps": str(steps), "train_time_s": str(60 * minutes), "stopped": stopped}
+    two = [run(0, 1000, 2.0, "target_exact_match"), run(1, 3000, 4.0, "early_stopping")]
+    assert "| rmt | 2,000, 3.0 min, 1/2 |" in capacity_sweep.summary_tables(two)  # an even count: the mean of the middle two
+    three = two + [run(2, 2500, 8.0, "time_limit")]
+    assert "| rmt | 2,500, 4.0 min, 1/3 |" in capacity_sweep.summary_tables(three)
+
+
 def test_report_only_redraws_from_the_csv_without_training(swept, tmp_path, monkeypatch):
     cfg, _ = swept
     out = capacity_sweep.Path(cfg.out_dir)
