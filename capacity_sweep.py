@@ -384,7 +384,7 @@ def summary_tables(rows: list[dict]) -> str:
         out += _markdown_table("model / K_test", [f"{m} / {k}" for _, m, k in keys], pairs,
                                lambda key: [r for r in gradmem if f"{r['model']} / {r['K_test']}" == key],
                                _exact_match_cell)
-    if any(r.get("train_time_s") for r in as_trained):
+    if any(r.get("train_time_s") not in (None, "") for r in as_trained):  # 0.0 s is a time; round 1 had none
         out += "\nTraining budget used: median steps, median minutes, runs that reached the target / runs:\n\n"
         out += _markdown_table("model", models, pairs, of_model, _budget_cell)
     return out
