@@ -9,8 +9,10 @@ its row records the steps, why it stopped and the training time.
 Every run trains through its ``run_*.py`` script (single-threaded, ``parallel`` at a time), then is
 evaluated on the test split; each evaluation is a row of ``results/capacity.csv``. The sweep is
 resumable: a run with rows in the CSV is skipped, and an interrupted run resumes from its checkpoint.
-A failed or diverged run is a row with its status. ``plot_capacity`` and ``plot_k_extrapolation`` draw
-the figures from the CSV alone.
+A failed or diverged run is a row with its status. With ``retry_anchor``, a chain whose first run (at the
+curriculum anchor) stopped short of the target trains that pair count once more, from the next smaller
+pair count's weights; the tables and plots use a run's last attempt. ``plot_capacity`` and
+``plot_k_extrapolation`` draw the figures from the CSV alone.
 
     python capacity_sweep.py --help          # scripts/capacity_sweep.sh sets the scale from the environment
 """
@@ -37,7 +39,7 @@ from io_utils import atomic_file
 from sweeps import curriculum_start, read_rows, write_rows
 
 ROOT = Path(__file__).resolve().parent
-COLUMNS = ("model", "n_pairs", "n_mem_tokens", "K_train", "K_test", "seed", "exact_match", "token_accuracy",
+COLUMNS = ("model", "n_pairs", "n_mem_tokens", "K_train", "K_test", "seed", "attempt", "exact_match", "token_accuracy",
            "steps", "stopped", "train_time_s", "wall_time_s", "status", "init_from")
 
 
@@ -78,6 +80,11 @@ class SweepConfig:
     curriculum_anchor: int | None = option(None, "pair count where each curriculum chain starts from scratch "
                                                  "(default: the smallest); runs below it start from the next "
                                                  "larger pair count")
+    retry_anchor: bool = option(False, "a chain whose anchor run stops short of stop_at_exact_match trains the "
+                                       "anchor's pair count once more after the next smaller one, starting from "
+                                       "that run's best weights (e.g. full_context.retry_anchor=true: a seed "
+                                       "that stayed on the induction plateau at the anchor may bind with fewer "
+                                       "pairs and carry that up); the tables report the last attempt")
     model_overrides: tuple[str, ...] = option((), "settings of single models, as model.field=value, e.g. "
                                                   "full_context.curriculum_anchor=8 (a full-context transformer "
                                                   "learns its induction mechanism most readily at a middle pair "
@@ -91,6 +98,10 @@ class SweepConfig:
         if self.curriculum_anchor is not None and self.curriculum_anchor not in self.pairs:
             raise ValueError(f"curriculum_anchor={self.curriculum_anchor} is not one of the pair counts "
                              f"{list(self.pairs)}: pick one of them or leave it unset.")
+        if self.retry_anchor and not (self.curriculum and self.curriculum_anchor not in (None, min(self.pairs))):
+            raise ValueError("retry_anchor retrains the anchor from the next smaller pair count, so it needs the "
+                             "curriculum and a curriculum_anchor above the smallest pair count: set one (e.g. "
+                             "full_context.curriculum_anchor=8) or drop retry_anchor.")
         for name in self.models:
             self.for_model(name)  # a bad override fails here, before any run
 
@@ -147,15 +158,16 @@ def model_flags(name: str, cfg: SweepConfig) -> tuple[str, list[str], int | None
     raise ValueError(f"unknown sweep model {name!r}: use gradmem_k<K>, gradmem_sgd_k<K>, rmt or full_context.")
 
 
-def run_dir(cfg: SweepConfig, name: str, n_pairs: int, seed: int) -> Path:
-    return Path(cfg.runs_dir) / f"{name}_N{n_pairs}_s{seed}"
+def run_dir(cfg: SweepConfig, name: str, n_pairs: int, seed: int, attempt: int = 1) -> Path:
+    return Path(cfg.runs_dir) / f"{name}_N{n_pairs}_s{seed}{'_retry' if attempt > 1 else ''}"
 
 
-def child_command(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_from: str = "") -> list[str]:
+def child_command(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_from: str = "",
+                  attempt: int = 1) -> list[str]:
     """The command line that trains one run (from the best weights of run ``init_from``, if given)."""
     cfg = cfg.for_model(name)
     script, flags, _ = model_flags(name, cfg)
-    cmd = [sys.executable, str(ROOT / script), *flags, "--exp_path", str(run_dir(cfg, name, n_pairs, seed)),
+    cmd = [sys.executable, str(ROOT / script), *flags, "--exp_path", str(run_dir(cfg, name, n_pairs, seed, attempt)),
            "--seed", str(seed), "--n_layer", str(cfg.n_layer), "--n_head", str(cfg.n_head), "--n_embd", str(cfg.n_embd),
            "--task_n_pairs", str(n_pairs), "--task_key_len", str(cfg.key_len), "--task_value_len", str(cfg.value_len),
            "--task_vocab_size", str(cfg.vocab_size),
@@ -172,18 +184,18 @@ def child_command(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_fro
     return cmd
 
 
-def run_one(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_from: str = "") -> list[dict]:
+def run_one(name: str, n_pairs: int, seed: int, cfg: SweepConfig, init_from: str = "", attempt: int = 1) -> list[dict]:
     """Train one run (resuming if it was interrupted; from the weights of run ``init_from`` if given),
     evaluate it, return its CSV rows."""
     cfg = cfg.for_model(name)
     _, _, K = model_flags(name, cfg)
-    exp = run_dir(cfg, name, n_pairs, seed)
+    exp = run_dir(cfg, name, n_pairs, seed, attempt)
     exp.mkdir(parents=True, exist_ok=True)
     base = {"model": name, "n_pairs": n_pairs, "n_mem_tokens": "" if name == "full_context" else cfg.n_mem_tokens,
-            "K_train": K if K is not None else "", "seed": seed, "init_from": init_from}
+            "K_train": K if K is not None else "", "seed": seed, "attempt": attempt, "init_from": init_from}
     t0 = time.perf_counter()
     with open(exp / "log.txt", "a") as log:
-        proc = subprocess.run(child_command(name, n_pairs, seed, cfg, init_from), cwd=ROOT, stdout=log,
+        proc = subprocess.run(child_command(name, n_pairs, seed, cfg, init_from, attempt), cwd=ROOT, stdout=log,
                               stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
     wall = round(time.perf_counter() - t0, 1)
     if proc.returncode:
@@ -214,10 +226,55 @@ def _stopped_on_nonfinite_steps(exp: Path) -> bool:
     return json.loads(state.read_text())["nonfinite_in_row"] >= limit
 
 
-def _init_from(cfg: SweepConfig, rows: list[dict], run: tuple[str, int, int]) -> str | None:
-    own = cfg.for_model(run[0])
-    return curriculum_start(cfg.pairs, rows, run, lambda *r: run_dir(cfg, *r).name, own.curriculum,
-                            own.curriculum_anchor)
+def _attempt(row: dict) -> int:
+    return int(row.get("attempt") or 1)  # CSVs from before retries have no such column
+
+
+def _run_key(row: dict) -> tuple[str, int, int]:
+    return row["model"], int(row["n_pairs"]), int(row["seed"])
+
+
+def last_attempts(rows: list[dict]) -> list[dict]:
+    """The rows of each run's last attempt (a retry supersedes the first attempt at the anchor)."""
+    last = {}
+    for r in rows:
+        last[_run_key(r)] = max(last.get(_run_key(r), 1), _attempt(r))
+    return [r for r in rows if _attempt(r) == last[_run_key(r)]]
+
+
+def _retry_due(cfg: SweepConfig, rows: list[dict], name: str, seed: int) -> tuple[str, int, int, int] | None:
+    """The anchor's retry of chain (``name``, ``seed``) if it is due now: the first attempt at the anchor
+    stopped short of the target, the next smaller pair count has trained, and no retry has a row yet."""
+    own = cfg.for_model(name)
+    if not own.retry_anchor:
+        return None
+    anchor = own.curriculum_anchor
+    below = max(p for p in cfg.pairs if p < anchor)
+    status = {(_run_key(r), _attempt(r)): (r["status"], r["stopped"]) for r in rows}
+    first = status.get(((name, anchor, seed), 1))
+    if first is None or first[1] == "target_exact_match" or ((name, anchor, seed), 2) in status:
+        return None
+    return (name, anchor, seed, 2) if status.get(((name, below, seed), 1), ("",))[0] == "ok" else None
+
+
+def _init_from(cfg: SweepConfig, rows: list[dict], run: tuple[str, int, int], attempt: int = 1) -> str | None:
+    """Where a run starts (see ``curriculum_start``); a retry starts from the next smaller pair count, and
+    a run just above the anchor waits for the anchor's retry, if one is due, and starts from it."""
+    name, n, seed = run
+    own = cfg.for_model(name)
+    if attempt > 1:
+        return run_dir(cfg, name, max(p for p in cfg.pairs if p < n), seed).name
+    first_attempts = [r for r in rows if _attempt(r) == 1]
+    start = curriculum_start(cfg.pairs, first_attempts, run, lambda *r: run_dir(cfg, *r).name, own.curriculum,
+                             own.curriculum_anchor)
+    anchor = own.curriculum_anchor
+    if not (start and own.retry_anchor and n > anchor and start == run_dir(cfg, name, anchor, seed).name):
+        return start
+    retried = [r for r in rows if _run_key(r) == (name, anchor, seed) and _attempt(r) == 2]
+    if retried:
+        return run_dir(cfg, name, anchor, seed, 2).name if retried[0]["status"] == "ok" else start
+    first = [r for r in first_attempts if _run_key(r) == (name, anchor, seed)]
+    return start if first[0]["stopped"] == "target_exact_match" else None
 
 
 def sweep(cfg: SweepConfig) -> list[dict]:
@@ -230,20 +287,26 @@ def sweep(cfg: SweepConfig) -> list[dict]:
     out = Path(cfg.out_dir)
     csv_path = out / "capacity.csv"
     rows = read_rows(csv_path)
-    done = {(r["model"], int(r["n_pairs"]), int(r["seed"])) for r in rows}
-    todo = [(m, n, s) for n in sorted(cfg.pairs) for m in cfg.models for s in cfg.seeds if (m, n, s) not in done]
+    done = {(*_run_key(r), _attempt(r)) for r in rows}
+    todo = [(m, n, s, 1) for n in sorted(cfg.pairs) for m in cfg.models for s in cfg.seeds if (m, n, s, 1) not in done]
     print(f"{len(done)} runs recorded, {len(todo)} to go", flush=True)
     # spawn, not fork: a fork of a process whose torch thread pool already runs can deadlock
     with ProcessPoolExecutor(max_workers=cfg.parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
         running = {}
-        while todo or running:
+        while True:
+            todo += [run for run in (_retry_due(cfg, rows, m, s) for m in cfg.models for s in cfg.seeds)
+                     if run is not None and run not in todo and run not in running.values()]
+            if not (todo or running):
+                break
             for run in list(todo):
                 if len(running) == cfg.parallel:
                     break
-                init = _init_from(cfg, rows, run)
+                init = _init_from(cfg, rows, run[:3], run[3])
                 if init is not None:
-                    running[pool.submit(run_one, *run, cfg, init)] = run
+                    running[pool.submit(run_one, *run[:3], cfg, init, run[3])] = run
                     todo.remove(run)
+            if not running:
+                raise RuntimeError(f"runs {todo} wait for runs that will never train: a bug in the run order")
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 new = future.result()
@@ -257,8 +320,8 @@ def sweep(cfg: SweepConfig) -> list[dict]:
 
 def write_report(rows: list[dict], out: Path) -> None:
     """The plots and the markdown tables of ``rows``, into folder ``out``."""
-    plot_capacity(rows, out / "capacity.png")
-    plot_k_extrapolation(rows, out / "k_extrapolation.png")
+    plot_capacity(last_attempts(rows), out / "capacity.png")
+    plot_k_extrapolation(last_attempts(rows), out / "k_extrapolation.png")
     with atomic_file(out / "capacity.md") as tmp:
         tmp.write_text(summary_tables(rows))
 
@@ -369,8 +432,12 @@ def _budget_cell(runs: list[dict]) -> str:
 def summary_tables(rows: list[dict]) -> str:
     """Markdown: mean test exact match over seeds (min-max in brackets) per model and pair count, as
     trained; then GradMem per K_test; then the budget each model used (median steps and minutes, and how
-    many of its runs stopped at the target exact match rather than on patience or a cap). Failed or
-    diverged runs are counted, not averaged."""
+    many of its runs stopped at the target exact match rather than on patience or a cap); then the anchor
+    runs that were retried. Every table but the last shows each run's last attempt. Failed or diverged runs
+    are counted, not averaged."""
+    retried = [r for r in rows if _attempt(r) > 1 and r["K_test"] == r["K_train"]]
+    first_attempts = {_run_key(r): r for r in rows if _attempt(r) == 1 and r["K_test"] == r["K_train"]}
+    rows = last_attempts(rows)
     pairs = sorted({int(r["n_pairs"]) for r in rows})
     models = sorted({r["model"] for r in rows})
     as_trained = [r for r in rows if r["K_test"] == r["K_train"] or r["status"] != "ok"]
@@ -387,6 +454,13 @@ def summary_tables(rows: list[dict]) -> str:
     if any(r.get("train_time_s") not in (None, "") for r in as_trained):  # 0.0 s is a time; round 1 had none
         out += "\nTraining budget used: median steps, median minutes, runs that reached the target / runs:\n\n"
         out += _markdown_table("model", models, pairs, of_model, _budget_cell)
+    if retried:
+        out += ("\nRetried at the anchor, from the next smaller pair count's weights (test exact match; stopped "
+                "by; steps):\n\n| run | first attempt | retry |\n|---|---|---|\n")
+        for r in retried:
+            first = first_attempts[_run_key(r)]
+            out += (f"| {r['model']} N={r['n_pairs']} seed {r['seed']} | {first['exact_match']}; {first['stopped']}; "
+                    f"{first['steps']} | {r['exact_match']}; {r['stopped']}; {r['steps']} |\n")
     return out
 
 

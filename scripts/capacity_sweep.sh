@@ -18,13 +18,14 @@ if [ "${SCALE:-cpu}" = paper ]; then
 fi
 if [ "${SCALE:-cpu}" = cpu2 ]; then
   # round 2: '!kv!' pairs, one memory vector, each model trained until it stops improving. Full context
-  # starts its chains at 8 pairs, where it learns induction, and needs the patience to outlast that plateau.
+  # starts its chains at 8 pairs, where it learns induction, and needs the patience to outlast that plateau;
+  # a seed still on the plateau there trains 8 pairs once more from its 4-pair weights.
   args+=(--out_dir results/capacity_round2 --runs_dir runs/sweep2 --vocab_size 62 --no-key_value_separator
          --n_mem_tokens 1 --pairs 1 2 4 8 --batch_size 64 --eval_steps 250 --max_steps 20000
          --patience 6 --max_train_minutes 8
          --models full_context rmt gradmem_sgd_k1 gradmem_k2 gradmem_k3 gradmem_k5
          --model_overrides full_context.curriculum_anchor=8 full_context.patience=40
-                           full_context.max_train_minutes=30)
+                           full_context.max_train_minutes=30 full_context.retry_anchor=true)
 fi
 if [ -n "${PAIRS:-}" ]; then args+=(--pairs $PAIRS); fi
 if [ -n "${SEEDS:-}" ]; then args+=(--seeds $SEEDS); fi

@@ -228,3 +228,47 @@ def test_bad_model_overrides_fail_when_the_config_is_built(entry, message):
 def test_unknown_model_names_fail_before_any_run():
     with pytest.raises(ValueError, match="unknown sweep model 'lstm'"):
         capacity_sweep.model_flags("lstm", TINY)
+
+
+def test_an_anchor_run_short_of_the_target_is_retried_from_the_next_smaller_pair_count():
+    cfg = capacity_sweep.SweepConfig(pairs=(4, 8, 16), seeds=(0,), models=("full_context",), model_overrides=(
+        "full_context.curriculum_anchor=8", "full_context.retry_anchor=true"))
+    row = lambda n, stopped="early_stopping", status="ok", attempt=1: {
+        "model": "full_context", "n_pairs": str(n), "seed": "0", "status": status, "stopped": stopped,
+        "attempt": str(attempt), "K_train": "", "K_test": ""}
+    due = lambda rows: capacity_sweep._retry_due(cfg, rows, "full_context", 0)
+    start = lambda rows, n, attempt=1: capacity_sweep._init_from(cfg, rows, ("full_context", n, 0), attempt)
+    stuck = [row(8)]
+    assert due(stuck) is None and start(stuck, 16) is None  # the retry waits for 4 pairs; 16 waits for the retry
+    assert start(stuck, 4) == "full_context_N8_s0"  # the chain below the anchor goes on
+    assert due(stuck + [row(4)]) == ("full_context", 8, 0, 2)
+    assert start(stuck + [row(4)], 8, attempt=2) == "full_context_N4_s0"
+    retried = stuck + [row(4), row(8, attempt=2)]
+    assert due(retried) is None and start(retried, 16) == "full_context_N8_s0_retry"
+    failed_retry = stuck + [row(4), row(8, stopped="", status="diverged", attempt=2)]
+    assert start(failed_retry, 16) == "full_context_N8_s0"
+    bound = [row(8, "target_exact_match"), row(4)]
+    assert due(bound) is None and start(bound, 16) == "full_context_N8_s0"
+    assert capacity_sweep.last_attempts(retried) == [row(4), row(8, attempt=2)]
+    assert capacity_sweep.last_attempts([{**r, "attempt": ""} for r in bound]) == [{**r, "attempt": ""} for r in bound]
+
+
+@pytest.mark.parametrize("settings", [dict(retry_anchor=True), dict(retry_anchor=True, curriculum_anchor=1),
+                                      dict(retry_anchor=True, curriculum_anchor=8, curriculum=False)])
+def test_retry_anchor_without_an_anchor_above_the_smallest_pair_count_fails_when_built(settings):
+    with pytest.raises(ValueError, match="retry_anchor retrains the anchor from the next smaller pair count"):
+        capacity_sweep.SweepConfig(pairs=(1, 8), **settings)
+
+
+def test_a_sweep_retries_its_anchor_and_reports_the_last_attempt(tmp_path, capsys):
+    # two steps cannot reach the target, so the anchor (2 pairs) is retried from the 1-pair run
+    cfg = tiny_sweep(tmp_path, models=("rmt",), pairs=(1, 2), model_overrides=("rmt.curriculum_anchor=2",
+                                                                                "rmt.retry_anchor=true"))
+    rows = capacity_sweep.sweep(cfg)
+    assert [(r["n_pairs"], r["attempt"], r["init_from"]) for r in rows] == [
+        (2, 1, ""), (1, 1, "rmt_N2_s0"), (2, 2, "rmt_N1_s0")]
+    assert (tmp_path / "runs" / "rmt_N2_s0_retry" / "checkpoint").is_dir()
+    table = (tmp_path / "results" / "capacity.md").read_text()
+    assert "| rmt N=2 seed 0 |" in table and table.count("| rmt | 2, 0.0 min, 0/1 | 2, 0.0 min, 0/1 |") == 1
+    capsys.readouterr()
+    assert len(capacity_sweep.sweep(cfg)) == 3 and "3 runs recorded, 0 to go" in capsys.readouterr().out
