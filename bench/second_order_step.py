@@ -6,13 +6,15 @@ the outer backward), on in 4 batch chunks (the last step keeps only its last chu
 steps keep no graph, so they are never recomputed.
 
 Prints median step time and peak memory (peak RSS on CPU, torch.cuda.max_memory_allocated on GPU) as a
-markdown table, then the ratios against the official implementation's figures at the same preset, measured
-on the project's 2-core CPU machine (issue 17), and the targets.
+markdown table, then the ratios against the official implementation's figures at the same preset and the
+targets: the figures measured on the project's 2-core CPU machine (issue 17), or, with ``--official_repo``,
+the official code timed here and now by ``bench/official_step.py`` at each K measured.
 
     python bench/second_order_step.py                           # second order, the whole grid
     python bench/second_order_step.py --K 2 --attn eager --inner_loss_memory last_step --chunks 0
     python bench/second_order_step.py --grad_modes none first --chunks 0
     python bench/second_order_step.py --K 2 --attn eager --inner_loss_memory last_step --chunks 0 --profile 20
+    python bench/second_order_step.py --K 2 5 --inner_loss_memory last_step --official_repo ~/src/gradmem
 """
 import argparse
 import itertools
@@ -20,11 +22,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from official_step import measure_official  # noqa: E402
 from train_step import add_measure_args, measure  # noqa: E402
 
-# the official implementation at the preset on the project's CPU machine (issue 17): s/step, peak RSS in MB
-OFFICIAL_S = (2.13, 2.27)
-OFFICIAL_MB = {2: (5000, 5400), 5: (12000, 15000)}
+# the official implementation at the preset on the project's CPU machine (issue 17): s/step by K (none known at
+# K=5), peak RSS in MB by K
+ISSUE_FIGURES = {"source": "issue 17, 2-core CPU", "s": {2: (2.13, 2.27)}, "mb": {2: (5000, 5400), 5: (12000, 15000)}}
 TARGETS = {"preset time": 0.8, "lean memory": 0.3, "lean time": 1.0, "K=5 lean memory": 0.15}
 
 
@@ -41,6 +44,9 @@ def main():
     p.add_argument("--inner_loss_weight", type=float, default=0.5, help="inner-loss weight of the preset")
     p.add_argument("--use_write_head", action=argparse.BooleanOptionalAction, default=True,
                    help="separate WRITE head, as in the preset")
+    p.add_argument("--official_repo", metavar="PATH",
+                   help="a checkout of the official GradMem code: time its preset step here at each K measured and "
+                        "take the ratios against that, rather than against issue 17's figures")
     add_measure_args(p)
     p.set_defaults(repeats=3)
     args = p.parse_args()
@@ -65,13 +71,35 @@ def main():
         label = "off" if not chunks else "on" if chunks == 1 else f"on, {chunks} chunks"
         print(f"| {mode} | {impl} | {K} | {memory} | {label} | {cells} |", flush=True)
     at_preset = (args.batch_size, args.n_pairs, args.inner_loss_weight, args.use_write_head) == (64, 16, 0.5, True)
-    if at_preset and "cuda" not in {r.get("device") for _, r in rows}:  # the official figures: CPU, at the preset
-        report_targets(rows)
+    if at_preset and args.official_repo:
+        report_targets(rows, official_figures(args))
+    elif at_preset and "cuda" not in {r.get("device") for _, r in rows}:  # the issue's figures: CPU, at the preset
+        report_targets(rows, ISSUE_FIGURES)
+
+
+def official_figures(args) -> dict:
+    """The official step timed here at each K of ``args.K`` (``bench/official_step.py``), as point ranges."""
+    figures = {"source": f"measured here from {args.official_repo}", "s": {}, "mb": {}}
+    print("\n| official, K | median s/step | peak MB |\n|---|---|---|", flush=True)
+    for K in args.K:
+        r = measure_official(args.official_repo, K, args)
+        if "error" in r:
+            print(f"| {K} | failed: {r['error']} | - |", flush=True)
+            continue
+        figures["s"][K], figures["mb"][K] = (r["median_s"],) * 2, (r["peak_mb"],) * 2
+        print(f"| {K} | {r['median_s']:.3f} | {r['peak_mb']:.0f} |", flush=True)
+    return figures
 
 
 def ratio(ours: float, official: tuple[float, float]) -> str:
-    """``ours`` against an official range: ``ours / high - ours / low``."""
-    return f"{ours / official[1]:.2f}-{ours / official[0]:.2f}x"
+    """``ours`` against an official range: ``ours / high - ours / low`` (one figure for a measured point)."""
+    low, high = f"{ours / official[1]:.2f}", f"{ours / official[0]:.2f}"
+    return f"{low}x" if low == high else f"{low}-{high}x"
+
+
+def span(figures: tuple[float, float], digits: int) -> str:
+    low, high = (f"{f:,.{digits}f}" for f in figures)
+    return low if low == high else f"{low}-{high}"
 
 
 def verdict(ours: float, official: tuple[float, float], target: float) -> str:
@@ -79,38 +107,44 @@ def verdict(ours: float, official: tuple[float, float], target: float) -> str:
     return "met" if ours <= target * official[0] else "missed"
 
 
-def report_targets(rows) -> None:
-    """Ratios against the official implementation at the preset (K=2) and at K=5, with the issue's targets."""
+def report_targets(rows, official: dict) -> None:
+    """Ratios against the official implementation's figures (``official``: its ``source``, and (low, high)
+    s/step and peak MB by K) at the preset (K=2) and at K=5, with the issue's targets."""
     ok = {key: r for key, r in rows if "error" not in r}
     second = {key: r for key, r in ok.items() if key[0] == "second"}
-    print(f"\nofficial implementation at the preset (issue 17, 2-core CPU): {OFFICIAL_S[0]}-{OFFICIAL_S[1]} s/step, "
-          f"{OFFICIAL_MB[2][0]}-{OFFICIAL_MB[2][1]} MB; at K=5 about {OFFICIAL_MB[5][0]}-{OFFICIAL_MB[5][1]} MB")
+    known = "; ".join(f"K={K}: " + ", ".join(([f"{span(official['s'][K], 3)} s/step"] if K in official["s"] else []) +
+                                              [f"{span(official['mb'][K], 0)} MB"]) for K in sorted(official["mb"]))
+    print(f"\nofficial implementation at the preset ({official['source']}): {known}")
+    if 2 not in official["s"] or 2 not in official["mb"]:
+        return
+    official_s, official_mb = official["s"][2], official["mb"]
     preset = second.get(("second", "eager", 2, "last_step", 0))
     if preset:
         t = preset["median_s"]
-        print(f"preset (eager, K=2, last_step, no recomputation): {t:.3f} s/step = {ratio(t, OFFICIAL_S)} the official "
-              f"time (target <= {TARGETS['preset time']}x: {verdict(t, OFFICIAL_S, TARGETS['preset time'])}), "
-              f"{preset['peak_mb']:.0f} MB = {ratio(preset['peak_mb'], OFFICIAL_MB[2])} its memory")
+        print(f"preset (eager, K=2, last_step, no recomputation): {t:.3f} s/step = {ratio(t, official_s)} the official "
+              f"time (target <= {TARGETS['preset time']}x: {verdict(t, official_s, TARGETS['preset time'])}), "
+              f"{preset['peak_mb']:.0f} MB = {ratio(preset['peak_mb'], official_mb[2])} its memory")
     k2 = {key: r for key, r in second.items() if key[2] == 2 and key[3] == "last_step"}
     if k2:
         key, fastest = min(k2.items(), key=lambda kv: kv[1]["median_s"])
         print(f"fastest K=2 last_step setting {describe(key)}: {fastest['median_s']:.3f} s/step = "
-              f"{ratio(fastest['median_s'], OFFICIAL_S)} the official time")
+              f"{ratio(fastest['median_s'], official_s)} the official time")
     lean = {key: r for key, r in k2.items() if key[4]}
     if not lean:
         return
     key, leanest = min(lean.items(), key=lambda kv: kv[1]["peak_mb"])
     mb, t = leanest["peak_mb"], leanest["median_s"]
-    print(f"lean: the leanest K=2 last_step setting {describe(key)}: {mb:.0f} MB = {ratio(mb, OFFICIAL_MB[2])} the "
-          f"official memory (target <= {TARGETS['lean memory']}x: {verdict(mb, OFFICIAL_MB[2], TARGETS['lean memory'])}) "
-          f"at {t:.3f} s/step = {ratio(t, OFFICIAL_S)} its time (target <= {TARGETS['lean time']}x: "
-          f"{verdict(t, OFFICIAL_S, TARGETS['lean time'])})")
+    print(f"lean: the leanest K=2 last_step setting {describe(key)}: {mb:.0f} MB = {ratio(mb, official_mb[2])} the "
+          f"official memory (target <= {TARGETS['lean memory']}x: {verdict(mb, official_mb[2], TARGETS['lean memory'])}) "
+          f"at {t:.3f} s/step = {ratio(t, official_s)} its time (target <= {TARGETS['lean time']}x: "
+          f"{verdict(t, official_s, TARGETS['lean time'])})")
     k5 = second.get(key[:2] + (5,) + key[3:])
-    if k5:
-        mb5 = k5["peak_mb"]
-        print(f"lean at K=5 {describe(key[:2] + (5,) + key[3:])}: {mb5:.0f} MB = {ratio(mb5, OFFICIAL_MB[5])} the "
+    if k5 and 5 in official_mb:
+        mb5, t5 = k5["peak_mb"], k5["median_s"]
+        time5 = f" = {ratio(t5, official['s'][5])} the official K=5 time" if 5 in official["s"] else ""
+        print(f"lean at K=5 {describe(key[:2] + (5,) + key[3:])}: {mb5:.0f} MB = {ratio(mb5, official_mb[5])} the "
               f"official K=5 memory (target <= {TARGETS['K=5 lean memory']}x: "
-              f"{verdict(mb5, OFFICIAL_MB[5], TARGETS['K=5 lean memory'])}), at {k5['median_s']:.3f} s/step")
+              f"{verdict(mb5, official_mb[5], TARGETS['K=5 lean memory'])}), at {t5:.3f} s/step{time5}")
     for (mode, impl, K, memory, chunks), r in sorted(lean.items()):
         k1, k5 = second.get((mode, impl, 1, memory, chunks)), second.get((mode, impl, 5, memory, chunks))
         if k1 and k5:

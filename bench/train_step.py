@@ -41,7 +41,6 @@ def run_one(setting: dict, args) -> dict:
     """Build the model in this process, time ``args.repeats`` steps after ``args.warmup``, report."""
     import torch
 
-    import kv_dataset_utils as kv
     from backbones import BackboneConfig, build_backbone
     from full_context import FullContextLM
     from grad_memgpt import GradMemConfig, GradMemGPT
@@ -49,7 +48,7 @@ def run_one(setting: dict, args) -> dict:
 
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = kv.create_tokenizer(62)
+    tok, batch = reference_batch(args.n_pairs, args.batch_size)
     setting = dict(setting)
     name = setting.pop("model", "gradmem")
     backbone = BackboneConfig(base_model="mamba" if name == "mamba" else "llama",
@@ -62,26 +61,9 @@ def run_one(setting: dict, args) -> dict:
     else:
         model = FullContextLM(lm)
     model = model.to(device).train()
-    ds, _ = kv.generate_kv_dataset(kv.KVTaskConfig(n_pairs=args.n_pairs), args.batch_size, 1, 1, seed=0)
-    batch = {k: v.to(device) for k, v in kv.KVCollator(tok)(list(ds["train"])).items()}
+    batch = {k: v.to(device) for k, v in batch.items()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
-    for i in range(args.warmup + args.repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    if device == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    result = timed_steps(lambda: model(**batch).loss, opt, args.warmup, args.repeats, device)
     if args.profile:  # one more step, after the timed ones: its top ops by self time, grouped by input shapes
         from torch.profiler import ProfilerActivity, profile
 
@@ -95,8 +77,40 @@ def run_one(setting: dict, args) -> dict:
                                                                  max_name_column_width=40, max_shapes_column_width=80),
               file=sys.stderr)
     context_length = int((batch["context_input_ids"] != 0).sum(1).max())
-    return {"median_s": statistics.median(times), "min_s": min(times), "peak_mb": peak_mb, "device": device,
-            "state_bytes": model.state_bytes_per_context(context_length)}
+    return {**result, "device": device, "state_bytes": model.state_bytes_per_context(context_length)}
+
+
+def reference_batch(n_pairs: int, batch_size: int):
+    """The tokenizer (62-character alphabet) and one collated batch of N{n_pairs}-K2V2 contexts, seed 0."""
+    import kv_dataset_utils as kv
+
+    tok = kv.create_tokenizer(62)
+    ds, _ = kv.generate_kv_dataset(kv.KVTaskConfig(n_pairs=n_pairs), batch_size, 1, 1, seed=0)
+    return tok, kv.KVCollator(tok)(list(ds["train"]))
+
+
+def timed_steps(loss_fn, opt, warmup: int, repeats: int, device: str) -> dict:
+    """Run ``warmup + repeats`` steps of ``loss_fn().backward()`` and ``opt.step()``; the median and least
+    time of the timed ones, and the process's peak memory (RSS on CPU)."""
+    import torch
+
+    times = []
+    for i in range(warmup + repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss_fn().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    if device == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"median_s": statistics.median(times), "min_s": min(times), "peak_mb": peak_mb}
 
 
 def measure(setting: dict, args) -> dict:
