@@ -242,6 +242,15 @@ def last_attempts(rows: list[dict]) -> list[dict]:
     return [r for r in rows if _attempt(r) == last[_run_key(r)]]
 
 
+def _next_smaller(pairs: tuple[int, ...], n: int) -> int:
+    return max(p for p in pairs if p < n)
+
+
+def _short_of_target(row: dict) -> bool:
+    """Whether a run stopped before its validation exact match reached the target (or failed)."""
+    return row["stopped"] != "target_exact_match"
+
+
 def _retry_due(cfg: SweepConfig, rows: list[dict], name: str, seed: int) -> tuple[str, int, int, int] | None:
     """The anchor's retry of chain (``name``, ``seed``) if it is due now: the first attempt at the anchor
     stopped short of the target, the next smaller pair count has trained, and no retry has a row yet."""
@@ -249,12 +258,12 @@ def _retry_due(cfg: SweepConfig, rows: list[dict], name: str, seed: int) -> tupl
     if not own.retry_anchor:
         return None
     anchor = own.curriculum_anchor
-    below = max(p for p in cfg.pairs if p < anchor)
-    status = {(_run_key(r), _attempt(r)): (r["status"], r["stopped"]) for r in rows}
-    first = status.get(((name, anchor, seed), 1))
-    if first is None or first[1] == "target_exact_match" or ((name, anchor, seed), 2) in status:
+    by_attempt = {(_run_key(r), _attempt(r)): r for r in rows}
+    first = by_attempt.get(((name, anchor, seed), 1))
+    if first is None or not _short_of_target(first) or ((name, anchor, seed), 2) in by_attempt:
         return None
-    return (name, anchor, seed, 2) if status.get(((name, below, seed), 1), ("",))[0] == "ok" else None
+    below = by_attempt.get(((name, _next_smaller(cfg.pairs, anchor), seed), 1))
+    return (name, anchor, seed, 2) if below is not None and below["status"] == "ok" else None
 
 
 def _init_from(cfg: SweepConfig, rows: list[dict], run: tuple[str, int, int], attempt: int = 1) -> str | None:
@@ -263,7 +272,7 @@ def _init_from(cfg: SweepConfig, rows: list[dict], run: tuple[str, int, int], at
     name, n, seed = run
     own = cfg.for_model(name)
     if attempt > 1:
-        return run_dir(cfg, name, max(p for p in cfg.pairs if p < n), seed).name
+        return run_dir(cfg, name, _next_smaller(cfg.pairs, n), seed).name
     first_attempts = [r for r in rows if _attempt(r) == 1]
     start = curriculum_start(cfg.pairs, first_attempts, run, lambda *r: run_dir(cfg, *r).name, own.curriculum,
                              own.curriculum_anchor)
@@ -274,7 +283,7 @@ def _init_from(cfg: SweepConfig, rows: list[dict], run: tuple[str, int, int], at
     if retried:
         return run_dir(cfg, name, anchor, seed, 2).name if retried[0]["status"] == "ok" else start
     first = [r for r in first_attempts if _run_key(r) == (name, anchor, seed)]
-    return start if first[0]["stopped"] == "target_exact_match" else None
+    return None if _short_of_target(first[0]) else start
 
 
 def sweep(cfg: SweepConfig) -> list[dict]:
@@ -320,8 +329,8 @@ def sweep(cfg: SweepConfig) -> list[dict]:
 
 def write_report(rows: list[dict], out: Path) -> None:
     """The plots and the markdown tables of ``rows``, into folder ``out``."""
-    plot_capacity(last_attempts(rows), out / "capacity.png")
-    plot_k_extrapolation(last_attempts(rows), out / "k_extrapolation.png")
+    plot_capacity(rows, out / "capacity.png")
+    plot_k_extrapolation(rows, out / "k_extrapolation.png")
     with atomic_file(out / "capacity.md") as tmp:
         tmp.write_text(summary_tables(rows))
 
@@ -330,9 +339,15 @@ def write_report(rows: list[dict], out: Path) -> None:
 # Plots: from the CSV rows alone
 # ---------------------------------------------------------------------------------------------
 
+def _plotted(rows):
+    """The rows a plot draws: those of runs that trained, at each run's last attempt (so the notebook, which
+    plots the whole CSV, draws what the report draws)."""
+    return [r for r in last_attempts(rows) if r["status"] == "ok"]
+
+
 def _at_trained_k(rows):
-    """Rows evaluated as trained: K_test == K_train for GradMem, the single row otherwise."""
-    return [r for r in rows if r["status"] == "ok" and (r["K_test"] == r["K_train"])]
+    """Plotted rows evaluated as trained: K_test == K_train for GradMem, the single row otherwise."""
+    return [r for r in _plotted(rows) if r["K_test"] == r["K_train"]]
 
 
 def plot_capacity(rows: list[dict], path) -> None:
@@ -371,7 +386,7 @@ def plot_k_extrapolation(rows: list[dict], path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = [r for r in rows if r["status"] == "ok" and r["K_train"] and r["K_test"]]
+    rows = [r for r in _plotted(rows) if r["K_train"] and r["K_test"]]
     pairs = sorted({int(r["n_pairs"]) for r in rows})
     models = [m for _, m in sorted({(int(r["K_train"]), r["model"]) for r in rows})]
     k_test = sorted({int(r["K_test"]) for r in rows})

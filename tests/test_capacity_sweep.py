@@ -250,6 +250,7 @@ def test_an_anchor_run_short_of_the_target_is_retried_from_the_next_smaller_pair
     bound = [row(8, "target_exact_match"), row(4)]
     assert due(bound) is None and start(bound, 16) == "full_context_N8_s0"
     assert capacity_sweep.last_attempts(retried) == [row(4), row(8, attempt=2)]
+    assert capacity_sweep._at_trained_k(retried) == [row(4), row(8, attempt=2)]  # the plots, in the notebook too
     assert capacity_sweep.last_attempts([{**r, "attempt": ""} for r in bound]) == [{**r, "attempt": ""} for r in bound]
 
 
