@@ -18,12 +18,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import ROOT, add_measure_args, reference_batch, timed_steps  # noqa: E402
+from train_step import ROOT, add_measure_args, child_result, reference_batch, timed_steps  # noqa: E402
 
 
-def measure_official(repo: str, K: int, args) -> dict:
-    """Write the reference batch and backbone config to a temporary folder, time the official step there in
-    a fresh process; its result dict (``median_s``, ``min_s``, ``peak_mb``) or ``{"error": ...}``."""
+def measure_official(repo: str, Ks, args) -> dict[int, dict]:
+    """Write the reference batch and backbone config to a temporary folder once, then time the official step
+    on them in a fresh process per K; by K, its result dict (``median_s``, ``min_s``, ``peak_mb``) or
+    ``{"error": ...}``."""
     from safetensors.torch import save_file
 
     from backbones import BackboneConfig, build_backbone
@@ -35,12 +36,13 @@ def measure_official(repo: str, K: int, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         save_file({k: v.contiguous() for k, v in batch.items()}, f"{tmp}/batch.safetensors")
         Path(tmp, "backbone.json").write_text(build_backbone(BackboneConfig(), tok).config.to_json_string())
-        res = subprocess.run([sys.executable, __file__, "--child", tmp, "--repo", repo, "--K", str(K),
-                              "--repeats", str(args.repeats), "--warmup", str(args.warmup)],
-                             capture_output=True, text=True, cwd=ROOT)
-    if res.returncode:
-        return {"error": (res.stderr.strip().splitlines() or ["killed"])[-1]}
-    return json.loads(res.stdout.strip().splitlines()[-1])
+        results = {}
+        for K in Ks:
+            res = subprocess.run([sys.executable, __file__, "--child", tmp, "--repo", repo, "--K", str(K),
+                                  "--repeats", str(args.repeats), "--warmup", str(args.warmup)],
+                                 capture_output=True, text=True, cwd=ROOT)
+            results[K] = child_result(res)
+    return results
 
 
 def run_child(folder: str, repo: str, K: int, args) -> dict:
@@ -76,8 +78,7 @@ def main():
         print(json.dumps(run_child(args.child, args.repo, args.K[0], args)))
         return
     print("| official, K | median s/step | peak MB |\n|---|---|---|", flush=True)
-    for K in args.K:
-        r = measure_official(args.repo, K, args)
+    for K, r in measure_official(args.repo, args.K, args).items():
         cells = f"{r['median_s']:.3f} | {r['peak_mb']:.0f}" if "error" not in r else f"failed: {r['error']} | -"
         print(f"| {K} | {cells} |", flush=True)
 

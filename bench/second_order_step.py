@@ -81,8 +81,7 @@ def official_figures(args) -> dict:
     """The official step timed here at each K of ``args.K`` (``bench/official_step.py``), as point ranges."""
     figures = {"source": f"measured here from {args.official_repo}", "s": {}, "mb": {}}
     print("\n| official, K | median s/step | peak MB |\n|---|---|---|", flush=True)
-    for K in args.K:
-        r = measure_official(args.official_repo, K, args)
+    for K, r in measure_official(args.official_repo, args.K, args).items():
         if "error" in r:
             print(f"| {K} | failed: {r['error']} | - |", flush=True)
             continue

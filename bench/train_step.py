@@ -121,6 +121,11 @@ def measure(setting: dict, args) -> dict:
                          capture_output=True, text=True, cwd=ROOT)
     if args.profile and not res.returncode:
         print(f"profile of {setting}:\n{res.stderr}", file=sys.stderr)
+    return child_result(res)
+
+
+def child_result(res: subprocess.CompletedProcess) -> dict:
+    """A measuring child's result: the JSON on its last line of output, or ``{"error": its last stderr line}``."""
     if res.returncode:
         return {"error": (res.stderr.strip().splitlines() or ["killed"])[-1]}
     return json.loads(res.stdout.strip().splitlines()[-1])
