@@ -18,12 +18,14 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import ROOT, add_measure_args, child_result, reference_batch, timed_steps  # noqa: E402
+from train_step import (ROOT, add_measure_args, backward_in_parts, child_result, measure_flags, op_seconds,  # noqa: E402
+                        reference_batch, timed_steps)
 
 
-def measure_official(repo: str, Ks, args) -> dict[int, dict]:
+def measure_official(repo: str, Ks, args, micro_batches: int = 1) -> dict[int, dict]:
     """Write the reference batch and backbone config to a temporary folder once, then time the official step
-    on them in a fresh process per K; by K, its result dict (``median_s``, ``min_s``, ``peak_mb``) or
+    on them in a fresh process per K, each step in ``micro_batches`` parts (gradient accumulation, which its
+    own training loop offers too); by K, its result dict (``median_s``, ``min_s``, ``peak_mb``) or
     ``{"error": ...}``."""
     from safetensors.torch import save_file
 
@@ -39,7 +41,7 @@ def measure_official(repo: str, Ks, args) -> dict[int, dict]:
         results = {}
         for K in Ks:
             res = subprocess.run([sys.executable, __file__, "--child", tmp, "--repo", repo, "--K", str(K),
-                                  "--repeats", str(args.repeats), "--warmup", str(args.warmup)],
+                                  "--micro_batches", str(micro_batches), *measure_flags(args)],
                                  capture_output=True, text=True, cwd=ROOT)
             results[K] = child_result(res)
     return results
@@ -61,15 +63,19 @@ def run_child(folder: str, repo: str, K: int, args) -> dict:
                               inner_loss_weight=0.5, attn_implementation="eager")
     model = GradMemGPT(config).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    inputs = {"context_input_ids": batch["context_input_ids"], "query_input_ids": batch["query_input_ids"]}
-    return {**timed_steps(lambda: model(inputs, labels=batch["labels"])["loss"], opt, args.warmup, args.repeats,
-                          device), "device": device}
+    rows_loss = lambda rows: model({k: batch[k][rows] for k in ("context_input_ids", "query_input_ids")},  # noqa: E731
+                                   labels=batch["labels"][rows])["loss"]
+    step = lambda: backward_in_parts(rows_loss, len(batch["labels"]), args.micro_batches)  # noqa: E731
+    result = {**timed_steps(step, opt, args.warmup, args.repeats, device), "device": device}
+    return {**result, **op_seconds(step, opt)} if args.breakdown else result
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repo", required=True, help="a checkout of the official GradMem code (holds grad_memgpt.py)")
     p.add_argument("--K", type=int, nargs="+", default=[2], help="inner steps to measure")
+    p.add_argument("--micro_batches", type=int, default=1,
+                   help="run each step in this many parts, accumulating their gradients (1: the whole batch at once)")
     add_measure_args(p)
     p.set_defaults(repeats=3)
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -78,7 +84,7 @@ def main():
         print(json.dumps(run_child(args.child, args.repo, args.K[0], args)))
         return
     print("| official, K | median s/step | peak MB |\n|---|---|---|", flush=True)
-    for K, r in measure_official(args.repo, args.K, args).items():
+    for K, r in measure_official(args.repo, args.K, args, args.micro_batches).items():
         cells = f"{r['median_s']:.3f} | {r['peak_mb']:.0f}" if "error" not in r else f"failed: {r['error']} | -"
         print(f"| {K} | {cells} |", flush=True)
 

@@ -3,7 +3,9 @@ inner SGD lr 0.04, write head, inner-loss weight 0.5) for each grad mode, attent
 inner-loss term (``final``: L_write(M_K), a fresh WRITE forward; ``last_step``: L_write(M_{K-1}), free, as in
 the official implementation) and recomputation: off, on (every second-order step but the last is rebuilt in
 the outer backward), on in 4 batch chunks (the last step keeps only its last chunk's graph). First-order
-steps keep no graph, so they are never recomputed.
+steps keep no graph, so they are never recomputed. ``--micro_batches`` adds the other way to save memory: the
+whole step (WRITE, READ, backward) in n parts whose gradients accumulate, which the training loop offers as
+``--gradient_accumulation_steps``; it recomputes nothing.
 
 Prints median step time and peak memory (peak RSS on CPU, torch.cuda.max_memory_allocated on GPU) as a
 markdown table, then the ratios against the official implementation's figures at the same preset and the
@@ -15,10 +17,13 @@ the official code timed here and now by ``bench/official_step.py`` at each K mea
     python bench/second_order_step.py --grad_modes none first --chunks 0
     python bench/second_order_step.py --K 2 --attn eager --inner_loss_memory last_step --chunks 0 --profile 20
     python bench/second_order_step.py --K 2 5 --inner_loss_memory last_step --official_repo ~/src/gradmem
+    python bench/second_order_step.py --K 2 5 --inner_loss_memory last_step --chunks 0 --micro_batches 1 8 --breakdown
 """
 import argparse
 import itertools
+import statistics
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,23 +46,26 @@ def main():
                    help="inner-loss terms to measure")
     p.add_argument("--chunks", type=int, nargs="+", default=[0, 1, 4],
                    help="recomputation: 0 off, n on in n batch chunks (second order only)")
+    p.add_argument("--micro_batches", type=int, nargs="+", default=[1],
+                   help="run each step in n parts, accumulating their gradients (1: the whole batch at once)")
     p.add_argument("--inner_loss_weight", type=float, default=0.5, help="inner-loss weight of the preset")
     p.add_argument("--use_write_head", action=argparse.BooleanOptionalAction, default=True,
                    help="separate WRITE head, as in the preset")
     p.add_argument("--official_repo", metavar="PATH",
                    help="a checkout of the official GradMem code: time its preset step here at each K measured and "
                         "take the ratios against that, rather than against issue 17's figures")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every setting (and the official step) this many times, in turn, and report the "
+                        "median over the rounds: this machine drifts, and the official step more than ours")
     add_measure_args(p)
     p.set_defaults(repeats=3)
     args = p.parse_args()
     import torch
 
     attn = args.attn or ["eager", "gradmem_manual"] + (["gradmem_triton"] if torch.cuda.is_available() else [])
-    rows = []
-    print("| grad_mode | attention | K | inner-loss term | recompute | median s/step | peak MB |\n"
-          "|---|---|---|---|---|---|---|", flush=True)
-    for mode, impl, K, memory, chunks in itertools.product(args.grad_modes, attn, args.K, args.inner_loss_memory,
-                                                           args.chunks):
+    settings = []
+    for mode, impl, K, memory, chunks, micro in itertools.product(args.grad_modes, attn, args.K, args.inner_loss_memory,
+                                                                  args.chunks, args.micro_batches):
         if chunks and mode != "second":
             continue  # only second-order steps keep a graph to recompute
         setting = {"model": "gradmem", "grad_mode": mode, "attn_implementation": impl, "K": K,
@@ -65,28 +73,76 @@ def main():
                    "inner_loss_memory": memory}
         if chunks:
             setting.update(recompute_inner_steps=True, recompute_chunks=chunks)
-        r = measure(setting, args)
-        rows.append(((mode, impl, K, memory, chunks), r))
-        cells = f"{r['median_s']:.3f} | {r['peak_mb']:.0f}" if "error" not in r else f"failed: {r['error']} | -"
-        label = "off" if not chunks else "on" if chunks == 1 else f"on, {chunks} chunks"
-        print(f"| {mode} | {impl} | {K} | {memory} | {label} | {cells} |", flush=True)
+        settings.append(((mode, impl, K, memory, chunks, micro), setting))
     at_preset = (args.batch_size, args.n_pairs, args.inner_loss_weight, args.use_write_head) == (64, 16, 0.5, True)
-    if at_preset and args.official_repo:
-        report_targets(rows, official_figures(args))
+    time_official = at_preset and args.official_repo
+    ours, official = defaultdict(list), defaultdict(list)
+    print(f"| {'round | ' if args.rounds > 1 else ''}grad_mode | attention | K | inner-loss term | recompute | "
+          f"micro-batches | median s/step | peak MB |\n|{'---|' * (8 + (args.rounds > 1))}", flush=True)
+    for round_ in range(1, args.rounds + 1):
+        for key, setting in settings:
+            ours[key].append(measure(setting, args, key[-1]))
+            print(f"| {f'{round_} | ' if args.rounds > 1 else ''}{row_cells(key, ours[key][-1])} |", flush=True)
+        if time_official:
+            for K, r in measure_official(args.official_repo, args.K, args).items():
+                official[K].append(r)
+    rows = [(key, over_rounds(results)) for key, results in ours.items()]
+    if args.rounds > 1:
+        print(f"\nmedian over {args.rounds} rounds (the range of the rounds' medians in brackets)\n\n| grad_mode | "
+              f"attention | K | inner-loss term | recompute | micro-batches | median s/step | peak MB |\n|{'---|' * 8}")
+        for key, r in rows:
+            print(f"| {row_cells(key, r)} |")
+    timed = [(key, r) for key, r in rows if "matmul_s" in r]
+    if timed:
+        print("\none more step, op by op: seconds in matrix products and in the rest\n\n| setting | matrix products "
+              "s | the rest s |\n|---|---|---|")
+        for key, r in timed:
+            print(f"| {describe(key)} | {r['matmul_s']:.3f} | {r['other_s']:.3f} |")
+    if time_official:
+        report_targets(rows, official_figures(official, args.official_repo))
     elif at_preset and "cuda" not in {r.get("device") for _, r in rows}:  # the issue's figures: CPU, at the preset
         report_targets(rows, ISSUE_FIGURES)
 
 
-def official_figures(args) -> dict:
-    """The official step timed here at each K of ``args.K`` (``bench/official_step.py``), as point ranges."""
-    figures = {"source": f"measured here from {args.official_repo}", "s": {}, "mb": {}}
-    print("\n| official, K | median s/step | peak MB |\n|---|---|---|", flush=True)
-    for K, r in measure_official(args.official_repo, args.K, args).items():
+def row_cells(key, r: dict) -> str:
+    mode, impl, K, memory, chunks, micro = key
+    label = "off" if not chunks else "on" if chunks == 1 else f"on, {chunks} chunks"
+    return f"{mode} | {impl} | {K} | {memory} | {label} | {micro} | {time_cell(r)} | " + (
+        f"{r['peak_mb']:.0f}" if "error" not in r else "-")
+
+
+def time_cell(r: dict) -> str:
+    if "error" in r:
+        return f"failed: {r['error']}"
+    spread = f" ({r['low_s']:.3f}-{r['high_s']:.3f})" if r.get("rounds", 1) > 1 else ""
+    return f"{r['median_s']:.3f}{spread}"
+
+
+def over_rounds(results: list[dict]) -> dict:
+    """One setting's measurements, one per round, as one: the median of each figure, and the range of the
+    rounds' median times (``low_s``, ``high_s``); the first error when every round failed."""
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return results[0]
+    figures = {name: statistics.median(r[name] for r in ok) for name in ok[0] if isinstance(ok[0][name], float)}
+    times = [r["median_s"] for r in ok]
+    return {**ok[0], **figures, "low_s": min(times), "high_s": max(times), "rounds": len(ok)}
+
+
+def official_figures(official: dict[int, list[dict]], repo: str) -> dict:
+    """The official step's measurements by K (``bench/official_step.py``, one per round) as the figures to
+    judge against: each K's median over the rounds, as a point range."""
+    figures = {"source": f"measured here from {repo}", "s": {}, "mb": {}}
+    print("\n| official, K | median s/step | peak MB | op by op: matrix products s, the rest s |\n|---|---|---|---|",
+          flush=True)
+    for K, results in official.items():
+        r = over_rounds(results)
         if "error" in r:
-            print(f"| {K} | failed: {r['error']} | - |", flush=True)
+            print(f"| {K} | failed: {r['error']} | - | - |", flush=True)
             continue
         figures["s"][K], figures["mb"][K] = (r["median_s"],) * 2, (r["peak_mb"],) * 2
-        print(f"| {K} | {r['median_s']:.3f} | {r['peak_mb']:.0f} |", flush=True)
+        split = f"{r['matmul_s']:.3f}, {r['other_s']:.3f}" if "matmul_s" in r else "-"
+        print(f"| {K} | {time_cell(r)} | {r['peak_mb']:.0f} | {split} |", flush=True)
     return figures
 
 
@@ -108,7 +164,8 @@ def verdict(ours: float, official: tuple[float, float], target: float) -> str:
 
 def report_targets(rows, official: dict) -> None:
     """Ratios against the official implementation's figures (``official``: its ``source``, and (low, high)
-    s/step and peak MB by K) at the preset (K=2) and at K=5, with the issue's targets."""
+    s/step and peak MB by K) at the preset (K=2) and at K=5, with the issue's targets. A key is (grad mode,
+    attention, K, inner-loss term, recompute chunks (0: off), micro-batches)."""
     ok = {key: r for key, r in rows if "error" not in r}
     second = {key: r for key, r in ok.items() if key[0] == "second"}
     known = "; ".join(f"K={K}: " + ", ".join(([f"{span(official['s'][K], 3)} s/step"] if K in official["s"] else []) +
@@ -117,42 +174,57 @@ def report_targets(rows, official: dict) -> None:
     if 2 not in official["s"] or 2 not in official["mb"]:
         return
     official_s, official_mb = official["s"][2], official["mb"]
-    preset = second.get(("second", "eager", 2, "last_step", 0))
+    preset = second.get(("second", "eager", 2, "last_step", 0, 1))
     if preset:
         t = preset["median_s"]
-        print(f"preset (eager, K=2, last_step, no recomputation): {t:.3f} s/step = {ratio(t, official_s)} the official "
-              f"time (target <= {TARGETS['preset time']}x: {verdict(t, official_s, TARGETS['preset time'])}), "
+        print(f"preset (eager, K=2, last_step, no recomputation, whole batch): {t:.3f} s/step = {ratio(t, official_s)} "
+              f"the official time (target <= {TARGETS['preset time']}x: {verdict(t, official_s, TARGETS['preset time'])}), "
               f"{preset['peak_mb']:.0f} MB = {ratio(preset['peak_mb'], official_mb[2])} its memory")
+        if "matmul_s" in preset:
+            print(f"  its matrix products alone (op by op): {preset['matmul_s']:.3f} s = "
+                  f"{ratio(preset['matmul_s'], official_s)} the official time")
     k2 = {key: r for key, r in second.items() if key[2] == 2 and key[3] == "last_step"}
     if k2:
         key, fastest = min(k2.items(), key=lambda kv: kv[1]["median_s"])
         print(f"fastest K=2 last_step setting {describe(key)}: {fastest['median_s']:.3f} s/step = "
               f"{ratio(fastest['median_s'], official_s)} the official time")
-    lean = {key: r for key, r in k2.items() if key[4]}
-    if not lean:
-        return
+    families = {"recomputation": lambda key: key[4] and key[5] == 1,
+                "micro-batches": lambda key: key[5] > 1 and not key[4]}
+    for family, member in families.items():
+        lean = {key: r for key, r in k2.items() if member(key)}
+        if lean:
+            report_lean(family, lean, second, official)
+
+
+def report_lean(family: str, lean: dict, second: dict, official: dict) -> None:
+    """The leanest of ``lean`` (K=2 settings of one memory-saving family) against the targets, and its K=5
+    counterpart in ``second`` against the K=5 memory target."""
+    official_s, official_mb = official["s"][2], official["mb"]
     key, leanest = min(lean.items(), key=lambda kv: kv[1]["peak_mb"])
     mb, t = leanest["peak_mb"], leanest["median_s"]
-    print(f"lean: the leanest K=2 last_step setting {describe(key)}: {mb:.0f} MB = {ratio(mb, official_mb[2])} the "
-          f"official memory (target <= {TARGETS['lean memory']}x: {verdict(mb, official_mb[2], TARGETS['lean memory'])}) "
-          f"at {t:.3f} s/step = {ratio(t, official_s)} its time (target <= {TARGETS['lean time']}x: "
-          f"{verdict(t, official_s, TARGETS['lean time'])})")
-    k5 = second.get(key[:2] + (5,) + key[3:])
+    print(f"lean by {family}: the leanest K=2 last_step setting {describe(key)}: {mb:.0f} MB = "
+          f"{ratio(mb, official_mb[2])} the official memory (target <= {TARGETS['lean memory']}x: "
+          f"{verdict(mb, official_mb[2], TARGETS['lean memory'])}) at {t:.3f} s/step = {ratio(t, official_s)} its time "
+          f"(target <= {TARGETS['lean time']}x: {verdict(t, official_s, TARGETS['lean time'])})")
+    key5 = key[:2] + (5,) + key[3:]
+    k5 = second.get(key5)
     if k5 and 5 in official_mb:
         mb5, t5 = k5["peak_mb"], k5["median_s"]
         time5 = f" = {ratio(t5, official['s'][5])} the official K=5 time" if 5 in official["s"] else ""
-        print(f"lean at K=5 {describe(key[:2] + (5,) + key[3:])}: {mb5:.0f} MB = {ratio(mb5, official_mb[5])} the "
-              f"official K=5 memory (target <= {TARGETS['K=5 lean memory']}x: "
+        print(f"lean by {family} at K=5 {describe(key5)}: {mb5:.0f} MB = {ratio(mb5, official_mb[5])} the official K=5 "
+              f"memory (target <= {TARGETS['K=5 lean memory']}x: "
               f"{verdict(mb5, official_mb[5], TARGETS['K=5 lean memory'])}), at {t5:.3f} s/step{time5}")
-    for (mode, impl, K, memory, chunks), r in sorted(lean.items()):
-        k1, k5 = second.get((mode, impl, 1, memory, chunks)), second.get((mode, impl, 5, memory, chunks))
+    for (mode, impl, K, memory, chunks, micro), r in sorted(lean.items()):
+        k1, k5 = second.get((mode, impl, 1, memory, chunks, micro)), second.get((mode, impl, 5, memory, chunks, micro))
         if k1 and k5:
-            print(f"recomputation ({chunks} chunk(s)), {impl}: peak memory K=5 / K=1 = {k5['peak_mb'] / k1['peak_mb']:.2f}")
+            print(f"{family} ({describe((mode, impl, K, memory, chunks, micro))}): peak memory K=5 / K=1 = "
+                  f"{k5['peak_mb'] / k1['peak_mb']:.2f}")
 
 
 def describe(key) -> str:
-    mode, impl, K, memory, chunks = key
-    return f"({impl}, K={K}, {memory}, recompute {'off' if not chunks else f'in {chunks} chunk(s)'})"
+    mode, impl, K, memory, chunks, micro = key
+    parts = [impl, f"K={K}", memory, f"recompute {'off' if not chunks else f'in {chunks} chunk(s)'}"]
+    return f"({', '.join(parts + ([f'{micro} micro-batches'] if micro > 1 else []))})"
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+MATMUL_OPS = {"mm", "bmm", "addmm", "baddbmm", "addbmm", "matmul", "convolution"}  # aten names, for op_seconds
 
 
 def parse_setting(words: list[str]) -> dict:
@@ -63,13 +64,17 @@ def run_one(setting: dict, args) -> dict:
     model = model.to(device).train()
     batch = {k: v.to(device) for k, v in batch.items()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    result = timed_steps(lambda: model(**batch).loss, opt, args.warmup, args.repeats, device)
+    rows_loss = lambda rows: model(**{k: v[rows] for k, v in batch.items()}).loss  # noqa: E731
+    step = lambda: backward_in_parts(rows_loss, len(batch["labels"]), args.micro_batches)  # noqa: E731
+    result = timed_steps(step, opt, args.warmup, args.repeats, device)
+    if args.breakdown:
+        result.update(op_seconds(step, opt))
     if args.profile:  # one more step, after the timed ones: its top ops by self time, grouped by input shapes
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
         with profile(activities=activities, record_shapes=True) as prof:
-            model(**batch).loss.backward()
+            step()
             opt.step()
             opt.zero_grad(set_to_none=True)
         sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
@@ -89,9 +94,9 @@ def reference_batch(n_pairs: int, batch_size: int):
     return tok, kv.KVCollator(tok)(list(ds["train"]))
 
 
-def timed_steps(loss_fn, opt, warmup: int, repeats: int, device: str) -> dict:
-    """Run ``warmup + repeats`` steps of ``loss_fn().backward()`` and ``opt.step()``; the median and least
-    time of the timed ones, and the process's peak memory (RSS on CPU)."""
+def timed_steps(step, opt, warmup: int, repeats: int, device: str) -> dict:
+    """Run ``warmup + repeats`` steps of ``step()`` (forward and backward) and ``opt.step()``; the median and
+    least time of the timed ones, and the process's peak memory (RSS on CPU)."""
     import torch
 
     times = []
@@ -99,7 +104,7 @@ def timed_steps(loss_fn, opt, warmup: int, repeats: int, device: str) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss_fn().backward()
+        step()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if device == "cuda":
@@ -113,10 +118,44 @@ def timed_steps(loss_fn, opt, warmup: int, repeats: int, device: str) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "peak_mb": peak_mb}
 
 
-def measure(setting: dict, args) -> dict:
-    """Run one setting in a fresh subprocess; its result dict, or ``{"error": ...}``."""
-    passthrough = ["--batch_size", str(args.batch_size), "--n_pairs", str(args.n_pairs),
-                   "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--profile", str(args.profile)]
+def backward_in_parts(rows_loss, batch_size: int, parts: int) -> None:
+    """Gradient accumulation within one step: ``rows_loss(rows).backward()`` for ``parts`` consecutive row
+    slices, each loss weighted by its share of the rows. The gradient is the whole batch's when the loss is a
+    mean over equally weighted samples (one answer length per batch, as in the key-value tasks); only one
+    part's graph is alive at a time."""
+    bounds = [batch_size * i // parts for i in range(parts + 1)]
+    for start, stop in zip(bounds, bounds[1:]):
+        (rows_loss(slice(start, stop)) * ((stop - start) / batch_size)).backward()
+
+
+def op_seconds(step, opt) -> dict:
+    """One more step with every aten op timed on its own (CPU): seconds in matrix products (``mm``, ``bmm``,
+    ``addmm``...) and in everything else. Ops run one at a time here, so the sum is a little above a plain
+    step's time; what it shows is the split."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    totals = {"matmul_s": 0.0, "other_s": 0.0}
+
+    class OpTimer(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            t0 = time.perf_counter()
+            out = func(*args, **(kwargs or {}))
+            kind = "matmul_s" if func.overloadpacket.__name__ in MATMUL_OPS else "other_s"
+            totals[kind] += time.perf_counter() - t0
+            return out
+
+    with OpTimer():
+        step()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return totals
+
+
+def measure(setting: dict, args, micro_batches: int = 1) -> dict:
+    """Run one setting in a fresh subprocess, each step in ``micro_batches`` parts; its result dict, or
+    ``{"error": ...}``."""
+    passthrough = [*measure_flags(args), "--micro_batches", str(micro_batches), "--profile", str(args.profile)]
     res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(setting), *passthrough],
                          capture_output=True, text=True, cwd=ROOT)
     if args.profile and not res.returncode:
@@ -131,6 +170,12 @@ def child_result(res: subprocess.CompletedProcess) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def measure_flags(args) -> list[str]:
+    """The flags of ``add_measure_args`` that a measuring child needs, with ``args``' values."""
+    return ["--batch_size", str(args.batch_size), "--n_pairs", str(args.n_pairs), "--repeats", str(args.repeats),
+            "--warmup", str(args.warmup)] + (["--breakdown"] if args.breakdown else [])
+
+
 def add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch_size", type=int, default=64, help="samples per step")
     p.add_argument("--n_pairs", type=int, default=16, help="key-value pairs per context")
@@ -139,12 +184,16 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after the timed steps, profile one more (torch.profiler) and print its N costliest ops by "
                         "self time, grouped by input shapes, to stderr (0: off)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="after the timed steps, time one more op by op: seconds in matrix products and in the rest")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--setting", nargs="+", action="append", help="model and config fields for one setting (repeatable)")
     add_measure_args(p)
+    p.add_argument("--micro_batches", type=int, default=1,
+                   help="run each step in this many parts, accumulating their gradients (1: the whole batch at once)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -155,7 +204,7 @@ def main():
         {"model": "rmt", "K": 1, "mem_proj_mode": "proj"}, {"model": "full_context"}, {"model": "mamba"}]
     print(f"{'setting':<44}{'median s/step':>14}{'min s/step':>12}{'peak MB':>10}{'state bytes/context':>21}")
     for setting in settings:
-        r = measure(setting, args)
+        r = measure(setting, args, args.micro_batches)
         label = " ".join(f"{k}={v}" for k, v in setting.items())
         if "error" in r:
             print(f"{label:<44} failed: {r['error']}")

@@ -5,12 +5,14 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 import official_step  # noqa: E402
 import second_order_step  # noqa: E402
+import train_step  # noqa: E402
 
 STAND_IN = '''
 import torch
@@ -48,15 +50,36 @@ def official_repo(tmp_path):
 
 
 def small_args(**kw):
-    return argparse.Namespace(**{"n_pairs": 2, "batch_size": 4, "repeats": 2, "warmup": 0, **kw})
+    return argparse.Namespace(**{"n_pairs": 2, "batch_size": 4, "repeats": 2, "warmup": 0, "breakdown": False, **kw})
 
 
-def test_the_official_step_is_timed_on_our_batch_in_its_own_process(official_repo):
-    results = official_step.measure_official(official_repo, [2, 5], small_args())
+@pytest.mark.parametrize("micro_batches", [1, 3])
+def test_the_official_step_is_timed_on_our_batch_in_its_own_process(official_repo, micro_batches):
+    results = official_step.measure_official(official_repo, [2, 5], small_args(breakdown=True), micro_batches)
     assert sorted(results) == [2, 5]
     for r in results.values():
         assert "error" not in r, r
         assert 0 < r["min_s"] <= r["median_s"] and r["peak_mb"] > 0
+        assert r["matmul_s"] == 0 < r["other_s"]  # the stand-in has no matrix product
+
+
+def test_backward_in_parts_weights_each_part_by_its_share_of_the_rows():
+    torch.manual_seed(0)
+    x, w = torch.randn(7, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64, requires_grad=True)
+    rows_loss = lambda rows: ((x[rows] @ w) ** 2).mean()  # noqa: E731
+    (whole,) = torch.autograd.grad(rows_loss(slice(None)), w)
+    train_step.backward_in_parts(rows_loss, 7, 3)  # parts of 2, 2 and 3 rows
+    torch.testing.assert_close(w.grad, whole, rtol=1e-12, atol=0)
+
+
+def test_op_seconds_splits_matrix_products_from_the_rest():
+    w = torch.nn.Parameter(torch.randn(64, 64))
+    opt = torch.optim.SGD([w], lr=0.1)
+    x = torch.randn(256, 64)
+    linear = train_step.op_seconds(lambda: (x @ w).relu().sum().backward(), opt)
+    elementwise = train_step.op_seconds(lambda: (x[:, :64] * w[0]).relu().sum().backward(), opt)
+    assert linear["matmul_s"] > 0 and linear["other_s"] > 0
+    assert elementwise["matmul_s"] == 0 < elementwise["other_s"]
 
 
 def test_a_folder_without_the_official_code_is_a_clear_error(tmp_path):
@@ -66,19 +89,39 @@ def test_a_folder_without_the_official_code_is_a_clear_error(tmp_path):
 
 def test_targets_are_judged_against_the_measured_official_figures(capsys):
     row = lambda t, mb: {"median_s": t, "peak_mb": mb}
-    rows = [(("second", "eager", 2, "last_step", 0), row(2.0, 5000)),
-            (("second", "eager", 2, "last_step", 4), row(3.0, 1200)),
-            (("second", "eager", 5, "last_step", 4), row(9.0, 1300))]
+    rows = [(("second", "eager", 2, "last_step", 0, 1), row(2.0, 5000)),
+            (("second", "eager", 2, "last_step", 4, 1), row(3.0, 1200)),
+            (("second", "eager", 5, "last_step", 4, 1), row(9.0, 1300)),
+            (("second", "eager", 2, "last_step", 0, 8), row(2.4, 1100)),
+            (("second", "eager", 5, "last_step", 0, 8), row(5.4, 1800))]
     official = {"source": "measured here", "s": {2: (2.5, 2.5), 5: (6.0, 6.0)}, "mb": {2: (6000, 6000), 5: (15000, 15000)}}
     second_order_step.report_targets(rows, official)
     out = capsys.readouterr().out
     assert "(measured here): K=2: 2.500 s/step, 6,000 MB; K=5: 6.000 s/step, 15,000 MB" in out
     assert "2.000 s/step = 0.80x the official time (target <= 0.8x: met)" in out
-    assert "1200 MB = 0.20x the official memory (target <= 0.3x: met) at 3.000 s/step = 1.20x" in out
-    assert "(target <= 1.0x: missed)" in out
+    assert ("lean by recomputation: the leanest K=2 last_step setting (eager, K=2, last_step, recompute in 4 "
+            "chunk(s)): 1200 MB = 0.20x the official memory (target <= 0.3x: met) at 3.000 s/step = 1.20x its time "
+            "(target <= 1.0x: missed)") in out
     assert "1300 MB = 0.09x the official K=5 memory (target <= 0.15x: met), at 9.000 s/step = 1.50x" in out
+    assert ("lean by micro-batches: the leanest K=2 last_step setting (eager, K=2, last_step, recompute off, "
+            "8 micro-batches): 1100 MB = 0.18x the official memory (target <= 0.3x: met) at 2.400 s/step = 0.96x its "
+            "time (target <= 1.0x: met)") in out
+    assert "1800 MB = 0.12x the official K=5 memory (target <= 0.15x: met), at 5.400 s/step = 0.90x" in out
     second_order_step.report_targets(rows, second_order_step.ISSUE_FIGURES)
     out = capsys.readouterr().out
     assert "(issue 17, 2-core CPU): K=2: 2.130-2.270 s/step, 5,000-5,400 MB; K=5: 12,000-15,000 MB" in out
     assert "2.000 s/step = 0.88-0.94x the official time" in out
     assert "1300 MB = 0.09-0.11x the official K=5 memory (target <= 0.15x: met), at 9.000 s/step\n" in out
+
+
+def test_rounds_are_combined_by_their_medians():
+    rounds = [{"median_s": 3.0, "min_s": 2.9, "peak_mb": 900.0, "device": "cpu"}, {"error": "killed"},
+              {"median_s": 2.0, "min_s": 1.8, "peak_mb": 1000.0, "device": "cpu"},
+              {"median_s": 2.5, "min_s": 2.4, "peak_mb": 1100.0, "device": "cpu"}]
+    combined = second_order_step.over_rounds(rounds)
+    assert combined == {"median_s": 2.5, "min_s": 2.4, "peak_mb": 1000.0, "device": "cpu", "low_s": 2.0, "high_s": 3.0,
+                        "rounds": 3}
+    assert second_order_step.time_cell(combined) == "2.500 (2.000-3.000)"
+    assert second_order_step.over_rounds([{"error": "killed"}, {"error": "oom"}]) == {"error": "killed"}
+    figures = second_order_step.official_figures({2: rounds, 5: [{"error": "oom"}]}, "PATH")
+    assert figures == {"source": "measured here from PATH", "s": {2: (2.5, 2.5)}, "mb": {2: (1000.0, 1000.0)}}

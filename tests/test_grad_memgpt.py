@@ -175,6 +175,23 @@ def test_recomputation_gives_identical_gradients(K, inner_optimizer, chunks, inn
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)  # chunks of other sizes round differently
 
 
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("inner_loss_memory", ["final", "last_step"])
+def test_micro_batches_accumulate_to_the_whole_batch_gradient(inner_loss_memory, recompute):
+    """Memory saved without recomputation: a step in micro-batches (the training loop's gradient accumulation,
+    equal parts, each loss weighted by its share) gives the whole batch's gradient, because every sample writes
+    its own memory and every loss is a mean over samples with one answer length each."""
+    model = make(K=2, inner_lr=0.5, use_write_head=True, inner_loss_weight=0.5, inner_loss_memory=inner_loss_memory,
+                 recompute_inner_steps=recompute)
+    batch = kv_batch(4, n_pairs=3)
+    params = [p for p in model.parameters() if p.requires_grad]
+    whole = grads_of(model(**batch).loss, params)
+    parts = [grads_of(model(**{k: v[rows] for k, v in batch.items()}).loss / 2, params)
+             for rows in (slice(0, 2), slice(2, 4))]
+    for name, w, a, b in zip([n for n, p in model.named_parameters() if p.requires_grad], whole, *parts):
+        torch.testing.assert_close(a + b, w, rtol=1e-9, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize("K,chunks,rebuilt", [(1, 1, 0), (1, 2, 1), (2, 1, 1), (2, 2, 3), (3, 2, 5)])
 def test_recomputation_rebuilds_all_but_the_last_chunk_of_the_last_step(K, chunks, rebuilt, monkeypatch):
     """Each second-order chunk runs once forward; every chunk but the last of the last step runs again in the
