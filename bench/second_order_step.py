@@ -18,6 +18,8 @@ the official code timed here and now by ``bench/official_step.py`` at each K mea
     python bench/second_order_step.py --K 2 --attn eager --inner_loss_memory last_step --chunks 0 --profile 20
     python bench/second_order_step.py --K 2 5 --inner_loss_memory last_step --official_repo ~/src/gradmem
     python bench/second_order_step.py --K 2 5 --inner_loss_memory last_step --chunks 0 --micro_batches 1 8 --breakdown
+    python bench/second_order_step.py --attn eager --K 2 5 --inner_loss_memory last_step --chunks 0 4 \
+        --micro_batches 1 8 --rounds 4 --official_repo ~/src/gradmem   # the issue's targets, alternated 4 times
 """
 import argparse
 import itertools
@@ -80,12 +82,15 @@ def main():
     print(f"| {'round | ' if args.rounds > 1 else ''}grad_mode | attention | K | inner-loss term | recompute | "
           f"micro-batches | median s/step | peak MB |\n|{'---|' * (8 + (args.rounds > 1))}", flush=True)
     for round_ in range(1, args.rounds + 1):
+        prefix = f"{round_} | " if args.rounds > 1 else ""
         for key, setting in settings:
             ours[key].append(measure(setting, args, key[-1]))
-            print(f"| {f'{round_} | ' if args.rounds > 1 else ''}{row_cells(key, ours[key][-1])} |", flush=True)
+            print(f"| {prefix}{row_cells(key, ours[key][-1])} |", flush=True)
         if time_official:
             for K, r in measure_official(args.official_repo, args.K, args).items():
                 official[K].append(r)
+                key = ("official: second", "eager", K, "last_step", 0, 1)  # the preset, in our table's columns
+                print(f"| {prefix}{row_cells(key, r)} |", flush=True)
     rows = [(key, over_rounds(results)) for key, results in ours.items()]
     if args.rounds > 1:
         print(f"\nmedian over {args.rounds} rounds (the range of the rounds' medians in brackets)\n\n| grad_mode | "
