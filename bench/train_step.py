@@ -129,18 +129,22 @@ def backward_in_parts(rows_loss, batch_size: int, parts: int) -> None:
 
 
 def op_seconds(step, opt) -> dict:
-    """One more step with every aten op timed on its own (CPU): seconds in matrix products (``mm``, ``bmm``,
-    ``addmm``...) and in everything else. Ops run one at a time here, so the sum is a little above a plain
-    step's time; what it shows is the split."""
+    """One more step with every aten op timed on its own: seconds in matrix products (``mm``, ``bmm``,
+    ``addmm``...) and in everything else. The sums leave out the time between ops (Python, autograd's
+    bookkeeping), so together they are a little under a plain step's time. On CUDA every op is synchronised,
+    which slows the step but times the kernels rather than their launches."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
     totals = {"matmul_s": 0.0, "other_s": 0.0}
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
 
     class OpTimer(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            sync()
             t0 = time.perf_counter()
             out = func(*args, **(kwargs or {}))
+            sync()
             kind = "matmul_s" if func.overloadpacket.__name__ in MATMUL_OPS else "other_s"
             totals[kind] += time.perf_counter() - t0
             return out
@@ -205,7 +209,8 @@ def main():
     print(f"{'setting':<44}{'median s/step':>14}{'min s/step':>12}{'peak MB':>10}{'state bytes/context':>21}")
     for setting in settings:
         r = measure(setting, args, args.micro_batches)
-        label = " ".join(f"{k}={v}" for k, v in setting.items())
+        label = " ".join(f"{k}={v}" for k, v in setting.items()) + (
+            f" micro_batches={args.micro_batches}" if args.micro_batches > 1 else "")
         if "error" in r:
             print(f"{label:<44} failed: {r['error']}")
             continue
