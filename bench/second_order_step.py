@@ -99,10 +99,11 @@ def main():
             print(f"| {row_cells(key, r)} |")
     timed = [(key, r) for key, r in rows if "matmul_s" in r]
     if timed:
-        print("\none more step, op by op: seconds in matrix products and in the rest\n\n| setting | matrix products "
-              "s | the rest s |\n|---|---|---|")
+        print(f"\none more step, op by op: seconds in matrix products and in the rest, op calls and matrix-product "
+              f"GFLOP; and per timed step, kernel CPU seconds and minor page faults\n\n| setting | {CENSUS_HEADER} |"
+              f"\n|{'---|' * 7}")
         for key, r in timed:
-            print(f"| {describe(key)} | {r['matmul_s']:.3f} | {r['other_s']:.3f} |")
+            print(f"| {describe(key)} | {census_cells(r)} |")
     if time_official:
         report_targets(rows, official_figures(official, args.official_repo))
     elif at_preset and "cuda" not in {r.get("device") for _, r in rows}:  # the issue's figures: CPU, at the preset
@@ -138,17 +139,27 @@ def official_figures(official: dict[int, list[dict]], repo: str) -> dict:
     """The official step's measurements by K (``bench/official_step.py``, one per round) as the figures to
     judge against: each K's median over the rounds, as a point range."""
     figures = {"source": f"measured here from {repo}", "s": {}, "mb": {}}
-    print("\n| official, K | median s/step | peak MB | op by op: matrix products s, the rest s |\n|---|---|---|---|",
-          flush=True)
+    print(f"\n| official, K | median s/step | peak MB | {CENSUS_HEADER} |\n|{'---|' * 9}", flush=True)
     for K, results in official.items():
         r = over_rounds(results)
         if "error" in r:
-            print(f"| {K} | failed: {r['error']} | - | - |", flush=True)
+            print(f"| {K} | failed: {r['error']} | - |{' - |' * 6}", flush=True)
             continue
         figures["s"][K], figures["mb"][K] = (r["median_s"],) * 2, (r["peak_mb"],) * 2
-        split = f"{r['matmul_s']:.3f}, {r['other_s']:.3f}" if "matmul_s" in r else "-"
-        print(f"| {K} | {time_cell(r)} | {r['peak_mb']:.0f} | {split} |", flush=True)
+        print(f"| {K} | {time_cell(r)} | {r['peak_mb']:.0f} | {census_cells(r)} |", flush=True)
     return figures
+
+
+CENSUS_HEADER = ("matrix products s | the rest s | op calls | matrix-product GFLOP | kernel s/step | "
+                 "minor faults/step")
+
+
+def census_cells(r: dict) -> str:
+    """The op-by-op step (``--breakdown``: its seconds, op calls, GFLOP; dashes without it) and the timed steps'
+    kernel seconds and page faults, as table cells under ``CENSUS_HEADER``."""
+    ops = (f"{r['matmul_s']:.3f} | {r['other_s']:.3f} | {r['ops']:,} | {r['matmul_gflop']:.1f}" if "matmul_s" in r
+           else "- | - | - | -")
+    return f"{ops} | {r['kernel_s']:.3f} | {r['minor_faults']:,.0f}"
 
 
 def ratio(ours: float, official: tuple[float, float]) -> str:

@@ -96,26 +96,32 @@ def reference_batch(n_pairs: int, batch_size: int):
 
 def timed_steps(step, opt, warmup: int, repeats: int, device: str) -> dict:
     """Run ``warmup + repeats`` steps of ``step()`` (forward and backward) and ``opt.step()``; the median and
-    least time of the timed ones, and the process's peak memory (RSS on CPU)."""
+    least time of the timed ones, the process's peak memory (RSS on CPU), and per timed step the median CPU
+    time spent in the kernel (``kernel_s``: on CPU mostly faulting in freshly mapped pages and unmapping freed
+    ones) and of minor page faults."""
     import torch
 
-    times = []
+    times, kernel_s, faults = [], [], []
     for i in range(warmup + repeats):
         if device == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         step()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if device == "cuda":
             torch.cuda.synchronize()
+        after = resource.getrusage(resource.RUSAGE_SELF)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+            kernel_s.append(after.ru_stime - before.ru_stime)
+            faults.append(float(after.ru_minflt - before.ru_minflt))
     if device == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"median_s": statistics.median(times), "min_s": min(times), "peak_mb": peak_mb}
+    return {"median_s": statistics.median(times), "min_s": min(times), "peak_mb": peak_mb,
+            "kernel_s": statistics.median(kernel_s), "minor_faults": statistics.median(faults)}
 
 
 def backward_in_parts(rows_loss, batch_size: int, parts: int) -> None:
@@ -130,13 +136,16 @@ def backward_in_parts(rows_loss, batch_size: int, parts: int) -> None:
 
 def op_seconds(step, opt) -> dict:
     """One more step with every aten op timed on its own: seconds in matrix products (``mm``, ``bmm``,
-    ``addmm``...) and in everything else. The sums leave out the time between ops (Python, autograd's
-    bookkeeping), so together they are a little under a plain step's time. On CUDA every op is synchronised,
-    which slows the step but times the kernels rather than their launches."""
+    ``addmm``...) and in everything else, the number of op calls (``ops``, views included) and the matrix
+    products' GFLOP (2mnk each, by ``torch.utils.flop_counter``): a census of the work, to compare two
+    implementations of one step. The sums leave out the time between ops (Python, autograd's bookkeeping,
+    freeing memory), so together they are under a plain step's time. On CUDA every op is synchronised, which
+    slows the step but times the kernels rather than their launches."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
 
-    totals = {"matmul_s": 0.0, "other_s": 0.0}
+    totals = {"matmul_s": 0.0, "other_s": 0.0, "ops": 0}
     sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
 
     class OpTimer(TorchDispatchMode):
@@ -147,13 +156,15 @@ def op_seconds(step, opt) -> dict:
             sync()
             kind = "matmul_s" if func.overloadpacket.__name__ in MATMUL_OPS else "other_s"
             totals[kind] += time.perf_counter() - t0
+            totals["ops"] += 1
             return out
 
-    with OpTimer():
+    # entered last, the flop counter sees each op first and hands it on to the timer, which times the kernel alone
+    with OpTimer(), FlopCounterMode(display=False) as flops:
         step()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return totals
+    return {**totals, "matmul_gflop": flops.get_total_flops() / 1e9}
 
 
 def measure(setting: dict, args, micro_batches: int = 1) -> dict:

@@ -80,6 +80,18 @@ def test_op_seconds_splits_matrix_products_from_the_rest():
     elementwise = train_step.op_seconds(lambda: (x[:, :64] * w[0]).relu().sum().backward(), opt)
     assert linear["matmul_s"] > 0 and linear["other_s"] > 0
     assert elementwise["matmul_s"] == 0 < elementwise["other_s"]
+    # the census: x @ w forward and its weight gradient x^T dY, 2 * 256 * 64 * 64 flop each; x needs no gradient
+    assert linear["matmul_gflop"] == pytest.approx(2 * 2 * 256 * 64 * 64 / 1e9, rel=0, abs=1e-12)
+    assert elementwise["matmul_gflop"] == 0
+    assert linear["ops"] > 0 and elementwise["ops"] > 0
+
+
+def test_timed_steps_count_kernel_time_and_page_faults():
+    w = torch.nn.Parameter(torch.randn(8))
+    opt = torch.optim.SGD([w], lr=0.1)
+    fresh_pages = lambda: (torch.ones(64 * 2**20 // 4) * w[0]).sum().backward()  # noqa: E731  # 64 MB, freed each step
+    r = train_step.timed_steps(fresh_pages, opt, warmup=1, repeats=3, device="cpu")
+    assert r["minor_faults"] > 1000 and r["kernel_s"] >= 0  # 16,384 pages of 4 KiB unless the allocator kept them
 
 
 def test_a_folder_without_the_official_code_is_a_clear_error(tmp_path):
@@ -114,14 +126,19 @@ def test_targets_are_judged_against_the_measured_official_figures(capsys):
     assert "1300 MB = 0.09-0.11x the official K=5 memory (target <= 0.15x: met), at 9.000 s/step\n" in out
 
 
-def test_rounds_are_combined_by_their_medians():
-    rounds = [{"median_s": 3.0, "min_s": 2.9, "peak_mb": 900.0, "device": "cpu"}, {"error": "killed"},
-              {"median_s": 2.0, "min_s": 1.8, "peak_mb": 1000.0, "device": "cpu"},
-              {"median_s": 2.5, "min_s": 2.4, "peak_mb": 1100.0, "device": "cpu"}]
+def test_rounds_are_combined_by_their_medians(capsys):
+    census = lambda kernel_s, faults: {"kernel_s": kernel_s, "minor_faults": faults}  # noqa: E731
+    rounds = [{"median_s": 3.0, "min_s": 2.9, "peak_mb": 900.0, "device": "cpu", **census(0.5, 9e4)}, {"error": "killed"},
+              {"median_s": 2.0, "min_s": 1.8, "peak_mb": 1000.0, "device": "cpu", **census(0.3, 2e5)},
+              {"median_s": 2.5, "min_s": 2.4, "peak_mb": 1100.0, "device": "cpu", **census(0.1, 1e5)}]
     combined = second_order_step.over_rounds(rounds)
     assert combined == {"median_s": 2.5, "min_s": 2.4, "peak_mb": 1000.0, "device": "cpu", "low_s": 2.0, "high_s": 3.0,
-                        "rounds": 3}
+                        "rounds": 3, **census(0.3, 1e5)}
     assert second_order_step.time_cell(combined) == "2.500 (2.000-3.000)"
+    assert second_order_step.census_cells(combined) == "- | - | - | - | 0.300 | 100,000"
     assert second_order_step.over_rounds([{"error": "killed"}, {"error": "oom"}]) == {"error": "killed"}
     figures = second_order_step.official_figures({2: rounds, 5: [{"error": "oom"}]}, "PATH")
     assert figures == {"source": "measured here from PATH", "s": {2: (2.5, 2.5)}, "mb": {2: (1000.0, 1000.0)}}
+    table = capsys.readouterr().out.splitlines()
+    assert table[-2] == "| 2 | 2.500 (2.000-3.000) | 1000 | - | - | - | - | 0.300 | 100,000 |"
+    assert table[-1].count("|") == table[-3].count("|") == 10  # every row as wide as the header
