@@ -19,7 +19,7 @@ the official code timed here and now by ``bench/official_step.py`` at each K mea
     python bench/second_order_step.py --K 2 5 --inner_loss_memory last_step --official_repo ~/src/gradmem
     python bench/second_order_step.py --K 2 5 --inner_loss_memory last_step --chunks 0 --micro_batches 1 8 --breakdown
     python bench/second_order_step.py --attn eager --K 2 5 --inner_loss_memory last_step --chunks 0 4 \
-        --micro_batches 1 8 --rounds 4 --official_repo ~/src/gradmem   # the issue's targets, alternated 4 times
+        --micro_batches 1 8 --rounds 4 --breakdown --official_repo ~/src/gradmem --csv bench/results/second_order.csv
 """
 import argparse
 import itertools
@@ -30,12 +30,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_step import measure_official  # noqa: E402
-from train_step import add_measure_args, measure  # noqa: E402
+from train_step import ROOT, add_measure_args, measure  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+from sweeps import write_rows  # noqa: E402
 
 # the official implementation at the preset on the project's CPU machine (issue 17): s/step by K (none known at
 # K=5), peak RSS in MB by K
 ISSUE_FIGURES = {"source": "issue 17, 2-core CPU", "s": {2: (2.13, 2.27)}, "mb": {2: (5000, 5400), 5: (12000, 15000)}}
 TARGETS = {"preset time": 0.8, "lean memory": 0.3, "lean time": 1.0, "K=5 lean memory": 0.15}
+CSV_COLUMNS = ("implementation", "grad_mode", "attention", "K", "inner_loss_memory", "recompute_chunks", "micro_batches",
+               "rounds", "median_s", "low_s", "high_s", "min_s", "peak_mb", "kernel_s", "minor_faults", "matmul_s",
+               "other_s", "ops", "matmul_gflop", "time_vs_official", "time_vs_official_by_round", "memory_vs_official", "device",
+               "error")
 
 
 def main():
@@ -56,6 +63,9 @@ def main():
     p.add_argument("--official_repo", metavar="PATH",
                    help="a checkout of the official GradMem code: time its preset step here at each K measured and "
                         "take the ratios against that, rather than against issue 17's figures")
+    p.add_argument("--csv", metavar="PATH",
+                   help="also write every setting's figures (medians over the rounds so far) to this CSV, rewritten "
+                        "whole after each round")
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every setting (and the official step) this many times, in turn, and report the "
                         "median over the rounds: this machine drifts, and the official step more than ours")
@@ -91,6 +101,8 @@ def main():
                 official[K].append(r)
                 key = ("official: second", "eager", K, "last_step", 0, 1)  # the preset, in our table's columns
                 print(f"| {prefix}{row_cells(key, r)} |", flush=True)
+        if args.csv:
+            write_rows(args.csv, csv_rows(ours, official), CSV_COLUMNS)
     rows = [(key, over_rounds(results)) for key, results in ours.items()]
     if args.rounds > 1:
         print(f"\nmedian over {args.rounds} rounds (the range of the rounds' medians in brackets)\n\n| grad_mode | "
@@ -108,6 +120,29 @@ def main():
         report_targets(rows, official_figures(official, args.official_repo))
     elif at_preset and "cuda" not in {r.get("device") for _, r in rows}:  # the issue's figures: CPU, at the preset
         report_targets(rows, ISSUE_FIGURES)
+
+
+def csv_rows(ours: dict[tuple, list[dict]], official: dict[int, list[dict]]) -> list[dict]:
+    """One CSV row per setting, ours (by key) and then the official step's (by K, at the preset), each its
+    median over the rounds (``over_rounds``); floats to 4 decimals. Ours, where the official step was measured
+    at the same K, with its time and peak memory over the official step's (medians over medians), and
+    ``time_vs_official_by_round``: the median of the time ratios within each round, which the machine's drift
+    between rounds moves less."""
+    preset = lambda K: ("second", "eager", K, "last_step", 0, 1)  # noqa: E731
+    reference = {K: over_rounds(r) for K, r in official.items()}
+    rows = []
+    for implementation, key, results in [("ours", key, r) for key, r in ours.items()] + [
+            ("official", preset(K), r) for K, r in official.items()]:
+        r, ref = over_rounds(results), reference.get(key[2], {})
+        if implementation == "ours" and "error" not in r and "median_s" in ref:
+            by_round = [a["median_s"] / b["median_s"] for a, b in zip(results, official[key[2]])
+                        if "error" not in a and "error" not in b]
+            r = {**r, "time_vs_official": r["median_s"] / ref["median_s"],
+                 "time_vs_official_by_round": statistics.median(by_round),
+                 "memory_vs_official": r["peak_mb"] / ref["peak_mb"]}
+        rows.append({"implementation": implementation, **dict(zip(CSV_COLUMNS[1:7], key)),
+                     **{c: round(v, 4) if isinstance(v, float) else v for c, v in r.items() if c in CSV_COLUMNS}})
+    return rows
 
 
 def row_cells(key, r: dict) -> str:

@@ -13,6 +13,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import official_step  # noqa: E402
 import second_order_step  # noqa: E402
 import train_step  # noqa: E402
+from sweeps import read_rows  # noqa: E402
 
 STAND_IN = '''
 import torch
@@ -142,3 +143,25 @@ def test_rounds_are_combined_by_their_medians(capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[-2] == "| 2 | 2.500 (2.000-3.000) | 1000 | - | - | - | - | 0.300 | 100,000 |"
     assert table[-1].count("|") == table[-3].count("|") == 10  # every row as wide as the header
+
+
+def test_the_csv_holds_each_setting_over_the_rounds_with_its_ratios_to_the_official_step(tmp_path):
+    step = lambda t, mb: {"median_s": t, "min_s": t, "peak_mb": mb, "device": "cpu", "kernel_s": 0.1,  # noqa: E731
+                          "minor_faults": 1e4}
+    whole, micro = ("second", "eager", 2, "last_step", 0, 1), ("second", "eager", 2, "last_step", 0, 8)
+    ours = {whole: [step(2.0, 4000.0), step(3.0, 4200.0), step(2.4, 4100.0)], micro: [{"error": "killed"}] * 3,
+            ("second", "eager", 5, "last_step", 4, 1): [step(9.0, 1300.0)]}
+    official = {2: [step(3.0, 5000.0), step(4.0, 5000.0), step(2.5, 5000.0)]}
+    rows = second_order_step.csv_rows(ours, official)
+    assert [(r["implementation"], r["K"], r["micro_batches"]) for r in rows] == [
+        ("ours", 2, 1), ("ours", 2, 8), ("ours", 5, 1), ("official", 2, 1)]
+    assert rows[0] == {"implementation": "ours", "grad_mode": "second", "attention": "eager", "K": 2,
+                       "inner_loss_memory": "last_step", "recompute_chunks": 0, "micro_batches": 1, "rounds": 3,
+                       "median_s": 2.4, "low_s": 2.0, "high_s": 3.0, "min_s": 2.4, "peak_mb": 4100.0, "kernel_s": 0.1,
+                       "minor_faults": 1e4, "time_vs_official": 0.8, "memory_vs_official": 0.82, "device": "cpu",
+                       "time_vs_official_by_round": 0.75}  # round by round: 2/3, 3/4, 2.4/2.5
+    assert rows[1]["error"] == "killed" and "time_vs_official" not in rows[1]
+    assert "time_vs_official" not in rows[2]  # no official step at K=5
+    path = tmp_path / "second_order.csv"
+    second_order_step.write_rows(path, rows, second_order_step.CSV_COLUMNS)
+    assert [r["time_vs_official"] for r in read_rows(path)] == ["0.8", "", "", ""]
