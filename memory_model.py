@@ -101,11 +101,12 @@ class MemoryModel(nn.Module):
         """``[B]`` per-sample mean CE of each non-pad context token given ``[prefix; c_<t]``.
 
         The first context token is predicted from the last prefix position. Right padding is safe:
-        under causal attention no real token sees a pad.
+        under causal attention no real token sees a pad. The last context column is only a target, so it is
+        not fed: no position's output depends on it as an input.
         """
-        P, S = prefix.shape[1], context_input_ids.shape[1]
-        hidden = self.hidden_states(torch.cat([prefix, self.embed(context_input_ids)], dim=1))
-        logits = (head or self.lm.get_output_embeddings())(hidden[:, P - 1: P - 1 + S])  # [B, S, V]
+        P = prefix.shape[1]
+        hidden = self.hidden_states(torch.cat([prefix, self.embed(context_input_ids[:, :-1])], dim=1))  # [B, P+S-1, d]
+        logits = (head or self.lm.get_output_embeddings())(hidden[:, P - 1:])  # [B, S, V]
         ce = F.cross_entropy(upcast(logits).flatten(0, 1), context_input_ids.flatten(), reduction="none")
         mask = context_input_ids != self.pad_token_id
         return (ce.view_as(mask) * mask).sum(1) / mask.sum(1).clamp(min=1)
