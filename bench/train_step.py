@@ -217,7 +217,8 @@ def main():
     settings = [parse_setting(s) for s in args.setting] if args.setting else [
         {"model": "gradmem", "grad_mode": m} for m in ("none", "first", "second")] + [
         {"model": "rmt", "K": 1, "mem_proj_mode": "proj"}, {"model": "full_context"}, {"model": "mamba"}]
-    print(f"{'setting':<44}{'median s/step':>14}{'min s/step':>12}{'peak MB':>10}{'state bytes/context':>21}")
+    print(f"{'setting':<44}{'median s/step':>14}{'min s/step':>12}{'peak MB':>10}{'kernel s/step':>15}"
+          f"{'minor faults/step':>19}{'state bytes/context':>21}")
     for setting in settings:
         r = measure(setting, args, args.micro_batches)
         label = " ".join(f"{k}={v}" for k, v in setting.items()) + (
@@ -225,8 +226,8 @@ def main():
         if "error" in r:
             print(f"{label:<44} failed: {r['error']}")
             continue
-        print(f"{label:<44}{r['median_s']:>14.3f}{r['min_s']:>12.3f}{r['peak_mb']:>10.0f}{r['state_bytes']:>21,}",
-              flush=True)
+        print(f"{label:<44}{r['median_s']:>14.3f}{r['min_s']:>12.3f}{r['peak_mb']:>10.0f}{r['kernel_s']:>15.3f}"
+              f"{r['minor_faults']:>19,.0f}{r['state_bytes']:>21,}", flush=True)
 
 
 if __name__ == "__main__":
