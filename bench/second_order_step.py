@@ -39,10 +39,12 @@ from sweeps import write_rows  # noqa: E402
 # K=5), peak RSS in MB by K
 ISSUE_FIGURES = {"source": "issue 17, 2-core CPU", "s": {2: (2.13, 2.27)}, "mb": {2: (5000, 5400), 5: (12000, 15000)}}
 TARGETS = {"preset time": 0.8, "lean memory": 0.3, "lean time": 1.0, "K=5 lean memory": 0.15}
-CSV_COLUMNS = ("implementation", "grad_mode", "attention", "K", "inner_loss_memory", "recompute_chunks", "micro_batches",
-               "rounds", "median_s", "low_s", "high_s", "min_s", "peak_mb", "kernel_s", "minor_faults", "matmul_s",
-               "other_s", "ops", "matmul_gflop", "time_vs_official", "time_vs_official_by_round", "memory_vs_official", "device",
-               "error")
+CSV_COLUMNS = ("implementation", "grad_mode", "attention", "K", "inner_loss_memory", "recompute_chunks",
+               "micro_batches", "rounds", "median_s", "low_s", "high_s", "min_s", "peak_mb", "kernel_s",
+               "minor_faults", "matmul_s", "other_s", "ops", "matmul_gflop", "time_vs_official",
+               "time_vs_official_by_round", "memory_vs_official", "device", "error")
+CENSUS_HEADER = ("matrix products s | the rest s | op calls | matrix-product GFLOP | kernel s/step | "
+                 "minor faults/step")
 
 
 def main():
@@ -72,6 +74,8 @@ def main():
     add_measure_args(p)
     p.set_defaults(repeats=3)
     args = p.parse_args()
+    if args.csv and Path(args.csv).is_dir():
+        p.error(f"--csv {args.csv} is a folder: give a file path, such as {Path(args.csv) / 'second_order.csv'}")
     import torch
 
     attn = args.attn or ["eager", "gradmem_manual"] + (["gradmem_triton"] if torch.cuda.is_available() else [])
@@ -183,10 +187,6 @@ def official_figures(official: dict[int, list[dict]], repo: str) -> dict:
         figures["s"][K], figures["mb"][K] = (r["median_s"],) * 2, (r["peak_mb"],) * 2
         print(f"| {K} | {time_cell(r)} | {r['peak_mb']:.0f} | {census_cells(r)} |", flush=True)
     return figures
-
-
-CENSUS_HEADER = ("matrix products s | the rest s | op calls | matrix-product GFLOP | kernel s/step | "
-                 "minor faults/step")
 
 
 def census_cells(r: dict) -> str:

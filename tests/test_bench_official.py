@@ -165,3 +165,11 @@ def test_the_csv_holds_each_setting_over_the_rounds_with_its_ratios_to_the_offic
     path = tmp_path / "second_order.csv"
     second_order_step.write_rows(path, rows, second_order_step.CSV_COLUMNS)
     assert [r["time_vs_official"] for r in read_rows(path)] == ["0.8", "", "", ""]
+
+
+def test_a_csv_path_that_is_a_folder_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["second_order_step.py", "--csv", str(tmp_path)])
+    monkeypatch.setattr(second_order_step, "measure", lambda *a, **k: pytest.fail("measured before validating"))
+    with pytest.raises(SystemExit):
+        second_order_step.main()
+    assert f"--csv {tmp_path} is a folder: give a file path" in capsys.readouterr().err
