@@ -30,10 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_step import measure_official  # noqa: E402
-from train_step import ROOT, add_measure_args, measure  # noqa: E402
-
-sys.path.insert(0, str(ROOT))
-from sweeps import write_rows  # noqa: E402
+from train_step import add_measure_args, measure  # noqa: E402
+from sweeps import write_rows  # noqa: E402  # importable: train_step puts the repository root on sys.path
 
 # the official implementation at the preset on the project's CPU machine (issue 17): s/step by K (none known at
 # K=5), peak RSS in MB by K
@@ -45,6 +43,12 @@ CSV_COLUMNS = ("implementation", "grad_mode", "attention", "K", "inner_loss_memo
                "time_vs_official_by_round", "memory_vs_official", "device", "error")
 CENSUS_HEADER = ("matrix products s | the rest s | op calls | matrix-product GFLOP | kernel s/step | "
                  "minor faults/step")
+
+
+def preset_key(K: int) -> tuple:
+    """The official preset's setting at K as one of our keys: (grad mode, attention, K, inner-loss term,
+    recompute chunks (0: off), micro-batches)."""
+    return ("second", "eager", K, "last_step", 0, 1)
 
 
 def main():
@@ -103,7 +107,7 @@ def main():
         if time_official:
             for K, r in measure_official(args.official_repo, args.K, args).items():
                 official[K].append(r)
-                key = ("official: second", "eager", K, "last_step", 0, 1)  # the preset, in our table's columns
+                key = ("official: second", *preset_key(K)[1:])  # the preset, in our table's columns
                 print(f"| {prefix}{row_cells(key, r)} |", flush=True)
         if args.csv:
             write_rows(args.csv, csv_rows(ours, official), CSV_COLUMNS)
@@ -132,11 +136,10 @@ def csv_rows(ours: dict[tuple, list[dict]], official: dict[int, list[dict]]) -> 
     at the same K, with its time and peak memory over the official step's (medians over medians), and
     ``time_vs_official_by_round``: the median of the time ratios within each round, which the machine's drift
     between rounds moves less."""
-    preset = lambda K: ("second", "eager", K, "last_step", 0, 1)  # noqa: E731
     reference = {K: over_rounds(r) for K, r in official.items()}
     rows = []
     for implementation, key, results in [("ours", key, r) for key, r in ours.items()] + [
-            ("official", preset(K), r) for K, r in official.items()]:
+            ("official", preset_key(K), r) for K, r in official.items()]:
         r, ref = over_rounds(results), reference.get(key[2], {})
         if implementation == "ours" and "error" not in r and "median_s" in ref:
             by_round = [a["median_s"] / b["median_s"] for a, b in zip(results, official[key[2]])
@@ -225,7 +228,7 @@ def report_targets(rows, official: dict) -> None:
     if 2 not in official["s"] or 2 not in official["mb"]:
         return
     official_s, official_mb = official["s"][2], official["mb"]
-    preset = second.get(("second", "eager", 2, "last_step", 0, 1))
+    preset = second.get(preset_key(2))
     if preset:
         t = preset["median_s"]
         print(f"preset (eager, K=2, last_step, no recomputation, whole batch): {t:.3f} s/step = {ratio(t, official_s)} "

@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-MATMUL_OPS = {"mm", "bmm", "addmm", "baddbmm", "addbmm", "matmul", "convolution"}  # aten names, for op_seconds
+MATMUL_OPS = {"mm", "bmm", "addmm", "baddbmm", "addbmm", "convolution"}  # aten ops as dispatched, for op_seconds
 
 
 def parse_setting(words: list[str]) -> dict:
