@@ -40,6 +40,9 @@ class BackboneConfig:
                             "and embedding (gpt2, gpt_neox); mamba has none")
     attn_implementation: str = option("eager", "transformers attention: eager (double-differentiable, needed for "
                                       "second order), sdpa, or a kernel registered by attn_double_bwd")
+    double_bwd_layers: bool = option(True, "llama: SwiGLU and RMSNorm with a hand-derived backward and double backward "
+                                     "(double_bwd_layers.py); same maths as transformers' modules, a faster and leaner "
+                                     "second-order step")
     pretrained_path: str | None = option(None, "pretrained LM (overrides the architecture flags): a local Hugging Face "
                                          "folder, or a .gguf file")
     gguf_file: str | None = option(None, "GGUF file name inside the --pretrained_path folder")
@@ -178,7 +181,7 @@ def build_backbone(cfg: BackboneConfig, tokenizer=None, vocab_size: int | None =
         if tokenizer is not None:
             check_tokenizer_fits(tokenizer, lm)
             lm.config.pad_token_id = tokenizer.pad_token_id  # the memory models mask context padding by this id
-        return lm
+        return with_double_bwd_layers(lm, cfg)
     if tokenizer is not None:
         config = lm_config(cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
                            tokenizer.eos_token_id)
@@ -189,4 +192,13 @@ def build_backbone(cfg: BackboneConfig, tokenizer=None, vocab_size: int | None =
     own_mixer = cfg.base_model == "mamba" or cfg.base_model in MQAR_ARCHITECTURES
     kwargs = {} if own_mixer else {"attn_implementation": cfg.attn_implementation}
     lm = AutoModelForCausalLM.from_config(config, **kwargs)
-    return lm.to(dtype) if dtype is not None else lm
+    return with_double_bwd_layers(lm.to(dtype) if dtype is not None else lm, cfg)
+
+
+def with_double_bwd_layers(lm, cfg: BackboneConfig):
+    """``lm`` with ``double_bwd_layers``' SwiGLU and RMSNorm swapped in where ``cfg`` asks (Llama modules only)."""
+    if cfg.double_bwd_layers:
+        from double_bwd_layers import use_double_bwd_layers
+
+        use_double_bwd_layers(lm)
+    return lm

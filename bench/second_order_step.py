@@ -66,6 +66,9 @@ def main():
     p.add_argument("--inner_loss_weight", type=float, default=0.5, help="inner-loss weight of the preset")
     p.add_argument("--use_write_head", action=argparse.BooleanOptionalAction, default=True,
                    help="separate WRITE head, as in the preset")
+    p.add_argument("--double_bwd_layers", action=argparse.BooleanOptionalAction, default=True,
+                   help="the backbone's hand-derived SwiGLU and RMSNorm (double_bwd_layers.py, the default); "
+                        "--no-double_bwd_layers measures transformers' own modules")
     p.add_argument("--official_repo", metavar="PATH",
                    help="a checkout of the official GradMem code: time its preset step here at each K measured and "
                         "take the ratios against that, rather than against issue 17's figures")
@@ -90,13 +93,14 @@ def main():
             continue  # only second-order steps keep a graph to recompute
         setting = {"model": "gradmem", "grad_mode": mode, "attn_implementation": impl, "K": K,
                    "use_write_head": args.use_write_head, "inner_loss_weight": args.inner_loss_weight,
-                   "inner_loss_memory": memory}
+                   "inner_loss_memory": memory, "double_bwd_layers": args.double_bwd_layers}
         if chunks:
             setting.update(recompute_inner_steps=True, recompute_chunks=chunks)
         settings.append(((mode, impl, K, memory, chunks, micro), setting))
     at_preset = (args.batch_size, args.n_pairs, args.inner_loss_weight, args.use_write_head) == (64, 16, 0.5, True)
     time_official = at_preset and args.official_repo
     ours, official = defaultdict(list), defaultdict(list)
+    print(f"backbone layers: {'hand-derived SwiGLU and RMSNorm' if args.double_bwd_layers else 'transformers'}\n")
     print(f"| {'round | ' if args.rounds > 1 else ''}grad_mode | attention | K | inner-loss term | recompute | "
           f"micro-batches | median s/step | peak MB |\n|{'---|' * (8 + (args.rounds > 1))}", flush=True)
     for round_ in range(1, args.rounds + 1):
@@ -110,7 +114,7 @@ def main():
                 key = ("official: second", *preset_key(K)[1:])  # the preset, in our table's columns
                 print(f"| {prefix}{row_cells(key, r)} |", flush=True)
         if args.csv:
-            write_rows(args.csv, csv_rows(ours, official), CSV_COLUMNS)
+            write_rows(args.csv, csv_rows(ours, official, ours_name(args)), CSV_COLUMNS)
     rows = [(key, over_rounds(results)) for key, results in ours.items()]
     if args.rounds > 1:
         print(f"\nmedian over {args.rounds} rounds (the range of the rounds' medians in brackets)\n\n| grad_mode | "
@@ -130,18 +134,23 @@ def main():
         report_targets(rows, ISSUE_FIGURES)
 
 
-def csv_rows(ours: dict[tuple, list[dict]], official: dict[int, list[dict]]) -> list[dict]:
-    """One CSV row per setting, ours (by key) and then the official step's (by K, at the preset), each its
+def ours_name(args) -> str:
+    """The CSV's ``implementation`` of our rows: which layers the backbone ran."""
+    return "ours" if args.double_bwd_layers else "ours, transformers layers"
+
+
+def csv_rows(ours: dict[tuple, list[dict]], official: dict[int, list[dict]], name: str = "ours") -> list[dict]:
+    """One CSV row per setting, ours (by key, ``implementation`` ``name``) and then the official step's (by K, at the preset), each its
     median over the rounds (``over_rounds``); floats to 4 decimals. Ours, where the official step was measured
     at the same K, with its time and peak memory over the official step's (medians over medians), and
     ``time_vs_official_by_round``: the median of the time ratios within each round, which the machine's drift
     between rounds moves less."""
     reference = {K: over_rounds(r) for K, r in official.items()}
     rows = []
-    for implementation, key, results in [("ours", key, r) for key, r in ours.items()] + [
+    for implementation, key, results in [(name, key, r) for key, r in ours.items()] + [
             ("official", preset_key(K), r) for K, r in official.items()]:
         r, ref = over_rounds(results), reference.get(key[2], {})
-        if implementation == "ours" and "error" not in r and "median_s" in ref:
+        if implementation == name and "error" not in r and "median_s" in ref:
             by_round = [a["median_s"] / b["median_s"] for a, b in zip(results, official[key[2]])
                         if "error" not in a and "error" not in b]
             r = {**r, "time_vs_official": r["median_s"] / ref["median_s"],

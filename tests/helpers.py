@@ -2,7 +2,8 @@
 
 Hugging Face's eager attention (llama, gpt_neox) and ``LlamaRMSNorm`` compute in float32 even for a
 float64 model, which leaves ~1e-7 noise: too much for finite differences at 1e-6. ``tiny_lm`` in
-float64 therefore uses an attention and an RMSNorm that stay in the input dtype.
+float64 therefore uses an attention and an RMSNorm that stay in the input dtype (``double_bwd_layers``' RMSNorm,
+the default, already does).
 """
 import types
 
@@ -12,6 +13,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 
 import kv_dataset_utils as kv
 from backbones import BackboneConfig, build_backbone
+from double_bwd_layers import DoubleBwdLlamaRMSNorm
 
 TOKENIZER = kv.create_tokenizer(62)
 
@@ -35,15 +37,16 @@ def _rms_norm_in_input_dtype(self, x):
     return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
 
 
-def tiny_lm(base_model="llama", n_layer=1, n_head=2, n_embd=16, dtype=torch.float64, seed=0):
+def tiny_lm(base_model="llama", n_layer=1, n_head=2, n_embd=16, dtype=torch.float64, seed=0, double_bwd_layers=True):
     torch.manual_seed(seed)
     exact = dtype == torch.float64
     cfg = BackboneConfig(base_model=base_model, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                         attn_implementation="dtype_preserving" if exact else "eager")
+                         attn_implementation="dtype_preserving" if exact else "eager",
+                         double_bwd_layers=double_bwd_layers)
     lm = build_backbone(cfg, TOKENIZER).to(dtype)
     if exact:
         for module in lm.modules():
-            if type(module).__name__.endswith("RMSNorm"):
+            if type(module).__name__.endswith("RMSNorm") and not isinstance(module, DoubleBwdLlamaRMSNorm):
                 module.forward = types.MethodType(_rms_norm_in_input_dtype, module)
     return lm
 

@@ -1,0 +1,190 @@
+"""Llama's SwiGLU and RMSNorm with a hand-derived backward that is itself differentiable, for second-order GradMem.
+
+Second-order GradMem differentiates through the backward pass of every WRITE step. Autograd's double backward of
+``silu(g) * u`` and of Llama's RMSNorm re-derives each element-wise op of their backwards, one pass over the
+activations per op (the SwiGLU's ``[B, S, 4d]`` activations dominate), and keeps every intermediate. Here each layer
+is a pair of ``autograd.Function``s, as in ``attn_double_bwd/manual.py``: the forward, and its backward, whose own
+backward is written out below. The forward keeps only its inputs.
+
+SwiGLU, ``a = silu(g) u`` element-wise, with ``σ = sigmoid(g)``::
+
+    backward             dg = dA u silu'(g),   du = dA silu(g),          silu'(g)  = σ (1 + g (1 - σ))
+    backward-of-backward, for cotangents (Gg, Gu) of (dg, du):
+                         grad dA = Gg u silu'(g) + Gu silu(g)
+                         grad u  = Gg dA silu'(g)
+                         grad g  = dA (Gg u silu''(g) + Gu silu'(g)),     silu''(g) = σ (1 - σ) (2 + g - 2 silu(g))
+
+RMSNorm over the last dim (size n), ``y = w x̂``, ``x̂ = r x``, ``r = (mean(x²) + ε)^(-1/2)`` per row. Its Jacobian
+``J = dx̂/dx = r (I - x̂ x̂ᵀ / n)`` is symmetric. With ``v = w dy`` and row means ``⟨a, b⟩ = mean(a b)``::
+
+    backward             dx = J v = r (v - x̂ ⟨v, x̂⟩),   dw = Σ_rows dy x̂
+    backward-of-backward, for cotangents (Gx, Gw) of (dx, dw):
+                         grad dy = w J Gx + Gw x̂
+                         grad w  = Σ_rows dy J Gx
+                         grad x  = -r² [x̂ (⟨Gx, v⟩ - 3 ⟨Gx, x̂⟩ ⟨v, x̂⟩) + Gx ⟨v, x̂⟩ + v ⟨Gx, x̂⟩] + J (Gw dy)
+
+The last line is the derivative of ``⟨Gx, J(x) v⟩`` in x (``dr/dx = -r³ x / n``) plus that of ``⟨Gw dy, x̂⟩``.
+A third derivative raises (``once_differentiable``): GradMem needs two.
+
+``use_double_bwd_layers(lm)`` swaps these into a Hugging Face Llama (and Llama-architecture pretrained models such as
+SmolLM2) in place: the modules keep their parameters and state-dict keys. ``reference_swiglu`` and
+``reference_rms_norm`` are the plain formulas the tests compare against.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+
+FUSED_DTYPES = (torch.float32, torch.float64)  # Llama's RMSNorm upcasts half inputs: those keep its own forward
+
+
+def _silu_second_derivative_times(x: torch.Tensor, g: torch.Tensor, silu_g: torch.Tensor) -> torch.Tensor:
+    """``x silu''(g)`` = ``x σ (1 - σ) (2 + g - 2 silu(g))``: one fused sigmoid_backward for ``x σ (1 - σ)``."""
+    x = torch.add(g, silu_g, alpha=-2).add_(2).mul_(x)
+    return torch.ops.aten.sigmoid_backward(x, torch.sigmoid(g))
+
+
+class _SwiGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g, u):
+        ctx.save_for_backward(g, u)
+        return F.silu(g) * u
+
+    @staticmethod
+    def backward(ctx, d_a):
+        g, u = ctx.saved_tensors
+        return _SwiGLUBackward.apply(d_a, g, u)
+
+
+class _SwiGLUBackward(torch.autograd.Function):
+    """(dA, g, u) -> (dg, du); its own backward is the Hessian-vector product."""
+
+    @staticmethod
+    def forward(ctx, d_a, g, u):
+        silu_g = F.silu(g)
+        ctx.save_for_backward(d_a, g, u, silu_g)
+        ctx.set_materialize_grads(False)
+        return torch.ops.aten.silu_backward(d_a * u, g), d_a * silu_g
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_dg, g_du):
+        d_a, g, u, silu_g = ctx.saved_tensors
+        grad_d_a = grad_g = grad_u = None
+        if g_dg is not None:
+            gs = torch.ops.aten.silu_backward(g_dg, g)  # [.., 4d] Gg silu'(g)
+            grad_d_a = gs * u
+            grad_u = gs * d_a
+            grad_g = _silu_second_derivative_times(g_dg * u, g, silu_g)
+        if g_du is not None:
+            grad_d_a = g_du * silu_g if grad_d_a is None else grad_d_a.addcmul_(g_du, silu_g)
+            term = torch.ops.aten.silu_backward(g_du, g)
+            grad_g = term if grad_g is None else grad_g.add_(term)
+        if grad_g is not None:
+            grad_g = grad_g.mul_(d_a)
+        return grad_d_a, grad_g, grad_u
+
+
+def swiglu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``silu(g) * u`` with the hand-derived backward and double backward above."""
+    return _SwiGLU.apply(g, u)
+
+
+def reference_swiglu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return F.silu(g) * u
+
+
+def _row_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``⟨a, b⟩``: mean over the last dim, kept for broadcasting."""
+    return (a * b).mean(-1, keepdim=True)
+
+
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps: float):
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [.., 1]
+        ctx.save_for_backward(x, weight, r)
+        return weight * (x * r)
+
+    @staticmethod
+    def backward(ctx, d_y):
+        x, weight, r = ctx.saved_tensors
+        d_x, d_w = _RMSNormBackward.apply(d_y, x, weight, r)
+        return d_x, d_w, None
+
+
+class _RMSNormBackward(torch.autograd.Function):
+    """(dy, x, w) -> (dx, dw), given x's ``r``; its own backward is the Hessian-vector product."""
+
+    @staticmethod
+    def forward(ctx, d_y, x, weight, r):
+        x_hat = x * r
+        v = d_y * weight
+        d_x = torch.addcmul(v, x_hat, _row_mean(v, x_hat), value=-1).mul_(r)
+        d_w = (d_y * x_hat).reshape(-1, x.shape[-1]).sum(0)
+        ctx.save_for_backward(d_y, x, weight, r)
+        ctx.set_materialize_grads(False)
+        return d_x, d_w
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_dx, g_dw):
+        d_y, x, weight, r = ctx.saved_tensors
+        x_hat = x * r
+        grad_d_y = grad_x = grad_w = None
+        if g_dx is not None:
+            v = d_y * weight
+            c_gx, c_v = _row_mean(g_dx, x_hat), _row_mean(v, x_hat)  # [.., 1]
+            j_gx = torch.addcmul(g_dx, x_hat, c_gx, value=-1).mul_(r)  # J Gx
+            grad_d_y = j_gx * weight
+            grad_w = (d_y * j_gx).reshape(-1, x.shape[-1]).sum(0)
+            grad_x = x_hat * (_row_mean(g_dx, v) - 3 * c_gx * c_v)
+            grad_x.addcmul_(g_dx, c_v).addcmul_(v, c_gx).mul_(-r.square())
+        if g_dw is not None:
+            grad_d_y = g_dw * x_hat if grad_d_y is None else grad_d_y.addcmul_(g_dw, x_hat)
+            b = g_dw * d_y
+            j_b = torch.addcmul(b, x_hat, _row_mean(b, x_hat), value=-1).mul_(r)  # J (Gw dy)
+            grad_x = j_b if grad_x is None else grad_x.add_(j_b)
+        return grad_d_y, grad_x, grad_w, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``weight * x / sqrt(mean(x², -1) + eps)`` with the hand-derived backward and double backward above."""
+    return _RMSNorm.apply(x, weight, eps)
+
+
+def reference_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+class DoubleBwdLlamaMLP(LlamaMLP):
+    """LlamaMLP whose SiLU gate is ``swiglu``."""
+
+    def forward(self, x):
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+class DoubleBwdLlamaRMSNorm(LlamaRMSNorm):
+    """LlamaRMSNorm through ``rms_norm`` for float32 and float64 inputs (of the weight's dtype)."""
+
+    def forward(self, hidden_states):
+        if hidden_states.dtype not in FUSED_DTYPES or self.weight.dtype != hidden_states.dtype:
+            return super().forward(hidden_states)
+        return rms_norm(hidden_states, self.weight, self.variance_epsilon)
+
+
+def use_double_bwd_layers(lm) -> int:
+    """Swap the hand-derived SwiGLU and RMSNorm into every Llama MLP (SiLU-gated) and RMSNorm of ``lm``, in place.
+    Returns the number of modules swapped (0 for other architectures)."""
+    swapped = 0
+    for module in lm.modules():
+        if type(module) is LlamaMLP and module.config.hidden_act == "silu":
+            module.__class__ = DoubleBwdLlamaMLP
+        elif type(module) is LlamaRMSNorm:
+            module.__class__ = DoubleBwdLlamaRMSNorm
+        else:
+            continue
+        swapped += 1
+    return swapped
