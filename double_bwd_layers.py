@@ -40,17 +40,11 @@ from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 FUSED_DTYPES = (torch.float32, torch.float64)  # Llama's RMSNorm upcasts half inputs: those keep its own forward
 
 
-def _silu_second_derivative_times(x: torch.Tensor, g: torch.Tensor, silu_g: torch.Tensor) -> torch.Tensor:
-    """``x silu''(g)`` = ``x σ (1 - σ) (2 + g - 2 silu(g))``: one fused sigmoid_backward for ``x σ (1 - σ)``."""
-    x = torch.add(g, silu_g, alpha=-2).add_(2).mul_(x)
-    return torch.ops.aten.sigmoid_backward(x, torch.sigmoid(g))
-
-
 class _SwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g, u):
         ctx.save_for_backward(g, u)
-        return F.silu(g) * u
+        return F.silu(g).mul_(u)
 
     @staticmethod
     def backward(ctx, d_a):
@@ -59,14 +53,18 @@ class _SwiGLU(torch.autograd.Function):
 
 
 class _SwiGLUBackward(torch.autograd.Function):
-    """(dA, g, u) -> (dg, du); its own backward is the Hessian-vector product."""
+    """(dA, g, u) -> (dg, du); its own backward is the Hessian-vector product.
+
+    Each ``[.., 4d]`` buffer is written in place where the formulas allow: on CPU a fresh buffer of that size costs
+    more in page faults than the element-wise op that fills it."""
 
     @staticmethod
     def forward(ctx, d_a, g, u):
         silu_g = F.silu(g)
         ctx.save_for_backward(d_a, g, u, silu_g)
         ctx.set_materialize_grads(False)
-        return torch.ops.aten.silu_backward(d_a * u, g), d_a * silu_g
+        d_g = d_a * u
+        return _silu_backward_(d_g, g), d_a * silu_g
 
     @staticmethod
     @once_differentiable
@@ -74,17 +72,27 @@ class _SwiGLUBackward(torch.autograd.Function):
         d_a, g, u, silu_g = ctx.saved_tensors
         grad_d_a = grad_g = grad_u = None
         if g_dg is not None:
-            gs = torch.ops.aten.silu_backward(g_dg, g)  # [.., 4d] Gg silu'(g)
-            grad_d_a = gs * u
-            grad_u = gs * d_a
-            grad_g = _silu_second_derivative_times(g_dg * u, g, silu_g)
+            grad_u = torch.ops.aten.silu_backward(g_dg, g)  # [.., 4d] Gg silu'(g)
+            grad_d_a = grad_u * u
+            grad_u.mul_(d_a)
+            # Gg u silu''(g) = Gg u (2 + g - 2 silu(g)) σ (1 - σ)
+            grad_g = torch.add(g, silu_g, alpha=-2).add_(2).mul_(g_dg).mul_(u)
+            sigma = torch.sigmoid(g)
+            torch.ops.aten.sigmoid_backward.grad_input(grad_g, sigma, grad_input=grad_g)
         if g_du is not None:
             grad_d_a = g_du * silu_g if grad_d_a is None else grad_d_a.addcmul_(g_du, silu_g)
-            term = torch.ops.aten.silu_backward(g_du, g)
-            grad_g = term if grad_g is None else grad_g.add_(term)
+            if grad_g is None:
+                grad_g = torch.ops.aten.silu_backward(g_du, g)
+            else:  # Gu silu'(g), into σ's buffer
+                grad_g.add_(torch.ops.aten.silu_backward.grad_input(g_du, g, grad_input=sigma))
         if grad_g is not None:
             grad_g = grad_g.mul_(d_a)
         return grad_d_a, grad_g, grad_u
+
+
+def _silu_backward_(grad: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``grad silu'(g)``, written into ``grad``."""
+    return torch.ops.aten.silu_backward.grad_input(grad, g, grad_input=grad)
 
 
 def swiglu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
