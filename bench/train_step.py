@@ -70,20 +70,25 @@ def run_one(setting: dict, args) -> dict:
     result = timed_steps(step, opt, args.warmup, args.repeats, device)
     if args.breakdown:
         result.update(op_seconds(step, opt))
-    if args.profile:  # one more step, after the timed ones: its top ops by self time, grouped by input shapes
-        from torch.profiler import ProfilerActivity, profile
-
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-        with profile(activities=activities, record_shapes=True) as prof:
-            step()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
-        print(prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=args.profile,
-                                                                 max_name_column_width=40, max_shapes_column_width=80),
-              file=sys.stderr)
+    if args.profile:
+        print_profile(step, opt, device, args.profile)
     context_length = int((batch["context_input_ids"] != 0).sum(1).max())
     return {**result, "device": device, "state_bytes": model.state_bytes_per_context(context_length)}
+
+
+def print_profile(step, opt, device: str, n_ops: int) -> None:
+    """One more step under ``torch.profiler``: its ``n_ops`` costliest ops by self time, grouped by input shapes,
+    to stderr."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        step()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=n_ops, max_name_column_width=40,
+                                                             max_shapes_column_width=80), file=sys.stderr)
 
 
 def reference_batch(n_pairs: int, batch_size: int):
@@ -171,16 +176,17 @@ def op_seconds(step, opt) -> dict:
 def measure(setting: dict, args, micro_batches: int = 1) -> dict:
     """Run one setting in a fresh subprocess, each step in ``micro_batches`` parts; its result dict, or
     ``{"error": ...}``."""
-    passthrough = [*measure_flags(args), "--micro_batches", str(micro_batches), "--profile", str(args.profile)]
+    passthrough = [*measure_flags(args), "--micro_batches", str(micro_batches)]
     res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(setting), *passthrough],
                          capture_output=True, text=True, cwd=ROOT)
-    if args.profile and not res.returncode:
-        print(f"profile of {setting}:\n{res.stderr}", file=sys.stderr)
-    return child_result(res)
+    return child_result(res, f"profile of {setting}" if args.profile else None)
 
 
-def child_result(res: subprocess.CompletedProcess) -> dict:
-    """A measuring child's result: the JSON on its last line of output, or ``{"error": its last stderr line}``."""
+def child_result(res: subprocess.CompletedProcess, profile_title: str | None = None) -> dict:
+    """A measuring child's result: the JSON on its last line of output, or ``{"error": its last stderr line}``.
+    With ``profile_title``, the child's profile (its stderr) is printed under that title to stderr."""
+    if profile_title and not res.returncode:
+        print(f"{profile_title}:\n{res.stderr}", file=sys.stderr)
     if res.returncode:
         return {"error": (res.stderr.strip().splitlines() or ["killed"])[-1]}
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -189,7 +195,7 @@ def child_result(res: subprocess.CompletedProcess) -> dict:
 def measure_flags(args) -> list[str]:
     """The flags of ``add_measure_args`` that a measuring child needs, with ``args``' values."""
     return ["--batch_size", str(args.batch_size), "--n_pairs", str(args.n_pairs), "--repeats", str(args.repeats),
-            "--warmup", str(args.warmup)] + (["--breakdown"] if args.breakdown else [])
+            "--warmup", str(args.warmup), "--profile", str(args.profile)] + (["--breakdown"] if args.breakdown else [])
 
 
 def add_measure_args(p: argparse.ArgumentParser) -> None:

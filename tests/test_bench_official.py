@@ -51,7 +51,8 @@ def official_repo(tmp_path):
 
 
 def small_args(**kw):
-    return argparse.Namespace(**{"n_pairs": 2, "batch_size": 4, "repeats": 2, "warmup": 0, "breakdown": False, **kw})
+    defaults = {"n_pairs": 2, "batch_size": 4, "repeats": 2, "warmup": 0, "breakdown": False, "profile": 0}
+    return argparse.Namespace(**{**defaults, **kw})
 
 
 @pytest.mark.parametrize("micro_batches", [1, 3])
@@ -62,6 +63,14 @@ def test_the_official_step_is_timed_on_our_batch_in_its_own_process(official_rep
         assert "error" not in r, r
         assert 0 < r["min_s"] <= r["median_s"] and r["peak_mb"] > 0
         assert r["matmul_s"] == 0 < r["other_s"]  # the stand-in has no matrix product
+
+
+def test_the_official_step_is_profiled_like_ours(official_repo, capsys):
+    results = official_step.measure_official(official_repo, [2], small_args(profile=100))  # all its ops
+    assert "error" not in results[2], results[2]
+    err = capsys.readouterr().err
+    assert "profile of the official step at K=2:" in err
+    assert "aten::embedding" in err and "Self CPU time total" in err  # its op, in torch.profiler's table
 
 
 def test_backward_in_parts_weights_each_part_by_its_share_of_the_rows():
