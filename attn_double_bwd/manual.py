@@ -7,7 +7,7 @@ backward keeps ``dP`` and reuses them. With ``s`` the scale, ``M`` the dropout m
 1/(1-p) (ones without dropout) and row vectors broadcast along keys:
 
     forward            S = s Q K^T + bias,  P = softmax(S),  O = (P * M) V
-    backward           dV = (P * M)^T dO,  dP = M * (dO V^T),  delta = rowsum(P * dP),
+    backward           dV = (P * M)^T dO,  dP = M * (dO V^T),  delta = rowsum(P * dP) = rowsum(dO * O),
                        dS = P * (dP - delta),  dQ = s dS K,  dK = s dS^T Q
     backward-of-backward, for cotangents (gQ, gK, gV) of (dQ, dK, dV):
                        G = s (gQ K^T + Q gK^T),  c = rowsum(G * P)
@@ -32,39 +32,44 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, scale: float, keep):
         """``keep``: the dropout mask already scaled by 1/(1-p), or None."""
-        scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+        scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)  # [B, H, T, S]
         if bias is not None:
-            scores = scores + bias
-        p = torch.softmax(scores, dim=-1)  # [B, H, T, S]
-        pk = p if keep is None else p * keep
-        out = torch.matmul(pk, v)
-        ctx.save_for_backward(q, k, v, p, keep)
+            scores.add_(bias)
+        p = torch.softmax(scores, dim=-1)
+        out = torch.matmul(p if keep is None else p * keep, v)  # [B, H, T, D]
+        ctx.save_for_backward(q, k, v, p, keep, out)
         ctx.scale = scale
         return out
 
     @staticmethod
     def backward(ctx, d_out):
-        q, k, v, p, keep = ctx.saved_tensors
-        dq, dk, dv = _AttentionBackward.apply(q, k, v, d_out, p, keep, ctx.scale)
+        q, k, v, p, keep, out = ctx.saved_tensors
+        dq, dk, dv = _AttentionBackward.apply(q, k, v, d_out, p, keep, out.detach(), ctx.scale)
         return dq, dk, dv, None, None, None
 
 
 class _AttentionBackward(torch.autograd.Function):
-    """(q, k, v, dO) -> (dQ, dK, dV); its own backward is the Hessian-vector product."""
+    """(q, k, v, dO) -> (dQ, dK, dV); its own backward is the Hessian-vector product.
+
+    Both write their ``[B, H, T, S]`` results in place where the formulas allow: the backward makes two such
+    buffers (dP, dS), the backward-of-backward two (G, then gdP in its place; gP, then gS in its place).
+    """
 
     @staticmethod
-    def forward(ctx, q, k, v, d_out, p, keep, scale: float):
-        pk = p if keep is None else p * keep
-        dv = torch.matmul(pk.transpose(-2, -1), d_out)
-        dp = torch.matmul(d_out, v.transpose(-2, -1))
+    def forward(ctx, q, k, v, d_out, p, keep, out, scale: float):
+        """``out``: the forward's output, for delta = rowsum(P * dP) = rowsum(dO * O), a ``[B, H, T, D]``
+        product in place of a ``[B, H, T, S]`` one."""
+        dv = torch.matmul(p.transpose(-2, -1) if keep is None else (p * keep).transpose(-2, -1), d_out)
+        dp = torch.matmul(d_out, v.transpose(-2, -1))  # [B, H, T, S]
         if keep is not None:
-            dp = dp * keep
-        delta = (p * dp).sum(-1, keepdim=True)  # [B, H, T, 1]
-        ds = p * (dp - delta)
-        dq = torch.matmul(ds, k) * scale
-        dk = torch.matmul(ds.transpose(-2, -1), q) * scale
+            dp.mul_(keep)
+        delta = (d_out * out).sum(-1, keepdim=True)  # [B, H, T, 1]
+        ds = (dp - delta).mul_(p)
+        dq = torch.matmul(ds, k).mul_(scale)
+        dk = torch.matmul(ds.transpose(-2, -1), q).mul_(scale)
         ctx.save_for_backward(q, k, v, d_out, p, keep, dp, delta, ds)
         ctx.scale = scale
+        ctx.set_materialize_grads(False)  # a None cotangent skips its terms instead of multiplying zeros
         return dq, dk, dv
 
     @staticmethod
@@ -72,32 +77,46 @@ class _AttentionBackward(torch.autograd.Function):
     def backward(ctx, g_dq, g_dk, g_dv):
         q, k, v, d_out, p, keep, dp, delta, ds = ctx.saved_tensors
         s = ctx.scale
-        zeros = torch.zeros_like
-        g_dq = zeros(q) if g_dq is None else g_dq
-        g_dk = zeros(k) if g_dk is None else g_dk
-        g_dv = zeros(v) if g_dv is None else g_dv
-        # cotangent of dS from dQ = s dS K and dK = s dS^T Q
-        g_ds = (torch.matmul(g_dq, k.transpose(-2, -1)) + torch.matmul(q, g_dk.transpose(-2, -1))) * s
-        grad_q = torch.matmul(ds, g_dk) * s
-        grad_k = torch.matmul(ds.transpose(-2, -1), g_dq) * s
-        # dS = P * (dP - delta), delta = rowsum(P * dP)
-        c = (g_ds * p).sum(-1, keepdim=True)
-        g_dp = p * (g_ds - c)
-        g_p = g_ds * (dp - delta) - c * dp
-        # dV = (P * M)^T dO  and  dP = M * (dO V^T)
-        g_p_from_dv = torch.matmul(d_out, g_dv.transpose(-2, -1))
-        if keep is not None:
-            g_p_from_dv = g_p_from_dv * keep
-            g_dp = g_dp * keep
-        g_p = g_p + g_p_from_dv
-        pk = p if keep is None else p * keep
-        grad_d_out = torch.matmul(pk, g_dv) + torch.matmul(g_dp, v)
-        grad_v = torch.matmul(g_dp.transpose(-2, -1), d_out)
-        # P = softmax(S), S = s Q K^T + bias
-        g_s = p * (g_p - (g_p * p).sum(-1, keepdim=True))
-        grad_q = grad_q + torch.matmul(g_s, k) * s
-        grad_k = grad_k + torch.matmul(g_s.transpose(-2, -1), q) * s
-        return grad_q, grad_k, grad_v, grad_d_out, None, None, None
+        grad_q, grad_k, grad_v, grad_d_out = [], [], [], []  # terms, summed at the end
+        # cotangent of dS from dQ = s dS K and dK = s dS^T Q:  G = s (gQ K^T + Q gK^T)
+        g_ds = None
+        if g_dq is not None:
+            g_ds = torch.matmul(g_dq * s, k.transpose(-2, -1))
+            grad_k.append(torch.matmul(ds.transpose(-2, -1), g_dq))
+        if g_dk is not None:
+            from_dk = torch.matmul(q, (g_dk * s).transpose(-2, -1))
+            g_ds = from_dk if g_ds is None else g_ds.add_(from_dk)
+            grad_q.append(torch.matmul(ds, g_dk))
+        g_p = g_dp = None
+        if g_ds is not None:  # through dS = P * (dP - delta), delta = rowsum(P * dP)
+            c = _rowdot(g_ds, p)
+            g_p = (dp - delta).mul_(g_ds).addcmul_(dp, c, value=-1)  # G (dP - delta) - c dP
+            g_dp = g_ds.sub_(c).mul_(p)  # P (G - c), in G's buffer
+            if keep is not None:
+                g_dp.mul_(keep)
+            grad_v.append(torch.matmul(g_dp.transpose(-2, -1), d_out))
+            grad_d_out.append(torch.matmul(g_dp, v))
+        if g_dv is not None:  # through dV = (P * M)^T dO
+            from_dv = torch.matmul(d_out, g_dv.transpose(-2, -1))
+            if keep is not None:
+                from_dv.mul_(keep)
+            g_p = from_dv if g_p is None else g_p.add_(from_dv)
+            grad_d_out.append(torch.matmul(p if keep is None else p * keep, g_dv))
+        if g_p is not None:  # through P = softmax(S), S = s Q K^T + bias
+            g_scores = g_p.sub_(_rowdot(g_p, p)).mul_(p)  # gS, in gP's buffer
+            grad_q.append(torch.matmul(g_scores, k))
+            grad_k.append(torch.matmul(g_scores.transpose(-2, -1), q))
+        scaled = lambda terms: None if not terms else sum(terms).mul_(s)  # noqa: E731
+        return scaled(grad_q), scaled(grad_k), _sum(grad_v), _sum(grad_d_out), None, None, None, None
+
+
+def _rowdot(a, b):
+    """rowsum(a * b) over the last dimension, ``[..., 1]``, without an ``a * b`` buffer."""
+    return torch.einsum("...s,...s->...", a, b).unsqueeze(-1)
+
+
+def _sum(terms):
+    return None if not terms else sum(terms)
 
 
 def manual_attention(q, k, v, bias=None, scale: float | None = None, dropout: float = 0.0, training: bool = False):

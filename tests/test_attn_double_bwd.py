@@ -50,6 +50,25 @@ def test_grouped_query_heads_match_the_reference_to_second_order():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("used", [(0,), (1,), (2,), (0, 1), (1, 2), (0, 2)])
+@pytest.mark.parametrize("dropout", [False, True])
+def test_second_order_through_a_subset_of_the_gradients_matches_the_reference(used, dropout):
+    """The inner loop's loss may reach only some of (dQ, dK, dV): the others' cotangents are None."""
+    q, k, v = qkv()
+    bias = causal_padding_bias(2, 5, 6)
+    keep = (torch.rand(2, 2, 5, 6, generator=torch.Generator().manual_seed(1)) >= 0.3).double() / 0.7 if dropout else None
+    w = torch.randn(2, 2, 5, 4, dtype=torch.float64, requires_grad=True)  # dO depends on parameters too
+    directions = torch.randn(3, 2, 2, 6, 4, dtype=torch.float64)
+
+    def hvp(attention):
+        grads = torch.autograd.grad((attention(q, k, v, bias, 0.5, keep) * w).sum(), (q, k, v), create_graph=True)
+        loss = sum((grads[i] * directions[i, :, :, : grads[i].shape[2]]).sum() for i in used)
+        return torch.autograd.grad(loss, (q, k, v, w), allow_unused=True, materialize_grads=True)
+
+    for ours, ref in zip(hvp(_Attention.apply), hvp(reference_attention)):
+        torch.testing.assert_close(ours, ref)
+
+
 def test_dropout_mask_is_drawn_once_and_reused_by_both_backwards():
     q, k, v = qkv()
     torch.manual_seed(7)
