@@ -43,6 +43,9 @@ class BackboneConfig:
     double_bwd_layers: bool = option(True, "llama: SwiGLU and RMSNorm with a hand-derived backward and double backward "
                                      "(double_bwd_layers.py); same maths as transformers' modules, a faster and leaner "
                                      "second-order step")
+    compile_double_bwd_layers: bool = option(False, "run double_bwd_layers' element-wise kernels through torch.compile "
+                                             "(one fused loop each; needs a C++ compiler on CPU, Triton on GPU): a "
+                                             "faster second-order step after ~30 s of compiling on the first one")
     pretrained_path: str | None = option(None, "pretrained LM (overrides the architecture flags): a local Hugging Face "
                                          "folder, or a .gguf file")
     gguf_file: str | None = option(None, "GGUF file name inside the --pretrained_path folder")
@@ -60,6 +63,9 @@ class BackboneConfig:
         if self.base_model == "mamba" and self.dropout and not (self.pretrained or self.pretrained_path):
             raise ValueError(f"dropout={self.dropout}, but mamba has no dropout layers: set dropout to 0 or pick a "
                              f"transformer (llama, gpt2, gpt_neox).")
+        if self.compile_double_bwd_layers and not self.double_bwd_layers:
+            raise ValueError("compile_double_bwd_layers compiles double_bwd_layers' kernels: set double_bwd_layers too, "
+                             "or drop compile_double_bwd_layers.")
         if self.base_model != "mamba" and self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}.")
 
@@ -200,5 +206,5 @@ def with_double_bwd_layers(lm, cfg: BackboneConfig):
     if cfg.double_bwd_layers:
         from double_bwd_layers import use_double_bwd_layers
 
-        use_double_bwd_layers(lm)
+        use_double_bwd_layers(lm, compiled=cfg.compile_double_bwd_layers)
     return lm

@@ -5,7 +5,8 @@ the official implementation) and recomputation: off, on (every second-order step
 the outer backward), on in 4 batch chunks (the last step keeps only its last chunk's graph). First-order
 steps keep no graph, so they are never recomputed. ``--micro_batches`` adds the other way to save memory: the
 whole step (WRITE, READ, backward) in n parts whose gradients accumulate, which the training loop offers as
-``--gradient_accumulation_steps``; it recomputes nothing.
+``--gradient_accumulation_steps``; it recomputes nothing. ``--kernels compiled`` runs the backbone's hand-derived
+SwiGLU and RMSNorm (``double_bwd_layers.py``) through ``torch.compile``, as the preset script does.
 
 Prints median step time and peak memory (peak RSS on CPU, torch.cuda.max_memory_allocated on GPU) as a
 markdown table, then the ratios against the official implementation's figures at the same preset and the
@@ -16,6 +17,7 @@ the official code timed here and now by ``bench/official_step.py`` at each K mea
     python bench/second_order_step.py --K 2 --attn eager --inner_loss_memory last_step --chunks 0
     python bench/second_order_step.py --grad_modes none first --chunks 0
     python bench/second_order_step.py --K 2 --attn eager --inner_loss_memory last_step --chunks 0 --profile 20
+    python bench/second_order_step.py --K 2 --attn eager --inner_loss_memory last_step --chunks 0 --kernels eager compiled
     python bench/second_order_step.py --K 2 5 --inner_loss_memory last_step --official_repo ~/src/gradmem
     python bench/second_order_step.py --K 2 5 --inner_loss_memory last_step --chunks 0 --micro_batches 1 8 --breakdown
     python bench/second_order_step.py --attn eager --K 2 5 --inner_loss_memory last_step --chunks 0 4 \
@@ -38,17 +40,19 @@ from sweeps import write_rows  # noqa: E402  # importable: train_step puts the r
 ISSUE_FIGURES = {"source": "issue 17, 2-core CPU", "s": {2: (2.13, 2.27)}, "mb": {2: (5000, 5400), 5: (12000, 15000)}}
 TARGETS = {"preset time": 0.8, "lean memory": 0.3, "lean time": 1.0, "K=5 lean memory": 0.15}
 CSV_COLUMNS = ("implementation", "grad_mode", "attention", "K", "inner_loss_memory", "recompute_chunks",
-               "micro_batches", "rounds", "median_s", "low_s", "high_s", "min_s", "peak_mb", "kernel_s",
+               "micro_batches", "kernels", "rounds", "median_s", "low_s", "high_s", "min_s", "peak_mb", "kernel_s",
                "minor_faults", "matmul_s", "other_s", "ops", "matmul_gflop", "time_vs_official",
                "time_vs_official_by_round", "memory_vs_official", "device", "error")
+TABLE_HEADER = "grad_mode | attention | K | inner-loss term | recompute | micro-batches | kernels | median s/step | peak MB"
 CENSUS_HEADER = ("matrix products s | the rest s | op calls | matrix-product GFLOP | kernel s/step | "
                  "minor faults/step")
 
 
-def preset_key(K: int) -> tuple:
+def preset_key(K: int, kernels: str = "compiled") -> tuple:
     """The official preset's setting at K as one of our keys: (grad mode, attention, K, inner-loss term,
-    recompute chunks (0: off), micro-batches)."""
-    return ("second", "eager", K, "last_step", 0, 1)
+    recompute chunks (0: off), micro-batches, kernels). ``scripts/run_gradmemgpt_on_kv_retrieval.sh`` compiles
+    the kernels; ``eager`` is the same step without."""
+    return ("second", "eager", K, "last_step", 0, 1, kernels)
 
 
 def main():
@@ -63,6 +67,9 @@ def main():
                    help="recomputation: 0 off, n on in n batch chunks (second order only)")
     p.add_argument("--micro_batches", type=int, nargs="+", default=[1],
                    help="run each step in n parts, accumulating their gradients (1: the whole batch at once)")
+    p.add_argument("--kernels", nargs="+", default=["eager"], choices=["eager", "compiled"],
+                   help="the hand-derived SwiGLU and RMSNorm kernels as they are (eager) or through torch.compile "
+                        "(compiled, as in the preset script; the first step compiles); needs --double_bwd_layers")
     p.add_argument("--inner_loss_weight", type=float, default=0.5, help="inner-loss weight of the preset")
     p.add_argument("--use_write_head", action=argparse.BooleanOptionalAction, default=True,
                    help="separate WRITE head, as in the preset")
@@ -81,44 +88,46 @@ def main():
     add_measure_args(p)
     p.set_defaults(repeats=3)
     args = p.parse_args()
+    if "compiled" in args.kernels and not args.double_bwd_layers:
+        p.error("--kernels compiled compiles double_bwd_layers' kernels: drop --no-double_bwd_layers or use --kernels eager")
     if args.csv and Path(args.csv).is_dir():
         p.error(f"--csv {args.csv} is a folder: give a file path, such as {Path(args.csv) / 'second_order.csv'}")
     import torch
 
     attn = args.attn or ["eager", "gradmem_manual"] + (["gradmem_triton"] if torch.cuda.is_available() else [])
     settings = []
-    for mode, impl, K, memory, chunks, micro in itertools.product(args.grad_modes, attn, args.K, args.inner_loss_memory,
-                                                                  args.chunks, args.micro_batches):
+    for mode, impl, K, memory, chunks, micro, kernels in itertools.product(
+            args.grad_modes, attn, args.K, args.inner_loss_memory, args.chunks, args.micro_batches, args.kernels):
         if chunks and mode != "second":
             continue  # only second-order steps keep a graph to recompute
         setting = {"model": "gradmem", "grad_mode": mode, "attn_implementation": impl, "K": K,
                    "use_write_head": args.use_write_head, "inner_loss_weight": args.inner_loss_weight,
-                   "inner_loss_memory": memory, "double_bwd_layers": args.double_bwd_layers}
+                   "inner_loss_memory": memory, "double_bwd_layers": args.double_bwd_layers,
+                   "compile_double_bwd_layers": kernels == "compiled"}
         if chunks:
             setting.update(recompute_inner_steps=True, recompute_chunks=chunks)
-        settings.append(((mode, impl, K, memory, chunks, micro), setting))
+        settings.append(((mode, impl, K, memory, chunks, micro, kernels), setting))
     at_preset = (args.batch_size, args.n_pairs, args.inner_loss_weight, args.use_write_head) == (64, 16, 0.5, True)
     time_official = at_preset and args.official_repo
     ours, official = defaultdict(list), defaultdict(list)
     print(f"backbone layers: {'hand-derived SwiGLU and RMSNorm' if args.double_bwd_layers else 'transformers'}\n")
-    print(f"| {'round | ' if args.rounds > 1 else ''}grad_mode | attention | K | inner-loss term | recompute | "
-          f"micro-batches | median s/step | peak MB |\n|{'---|' * (8 + (args.rounds > 1))}", flush=True)
+    print(f"| {'round | ' if args.rounds > 1 else ''}{TABLE_HEADER} |\n|{'---|' * (9 + (args.rounds > 1))}", flush=True)
     for round_ in range(1, args.rounds + 1):
         prefix = f"{round_} | " if args.rounds > 1 else ""
         for key, setting in settings:
-            ours[key].append(measure(setting, args, key[-1]))
+            ours[key].append(measure(setting, args, key[5]))
             print(f"| {prefix}{row_cells(key, ours[key][-1])} |", flush=True)
         if time_official:
             for K, r in measure_official(args.official_repo, args.K, args).items():
                 official[K].append(r)
-                key = ("official: second", *preset_key(K)[1:])  # the preset, in our table's columns
+                key = ("official: second", *preset_key(K, "-")[1:])  # the preset, in our table's columns
                 print(f"| {prefix}{row_cells(key, r)} |", flush=True)
         if args.csv:
             write_rows(args.csv, csv_rows(ours, official, ours_name(args)), CSV_COLUMNS)
     rows = [(key, over_rounds(results)) for key, results in ours.items()]
     if args.rounds > 1:
-        print(f"\nmedian over {args.rounds} rounds (the range of the rounds' medians in brackets)\n\n| grad_mode | "
-              f"attention | K | inner-loss term | recompute | micro-batches | median s/step | peak MB |\n|{'---|' * 8}")
+        print(f"\nmedian over {args.rounds} rounds (the range of the rounds' medians in brackets)\n\n| {TABLE_HEADER} |"
+              f"\n|{'---|' * 9}")
         for key, r in rows:
             print(f"| {row_cells(key, r)} |")
     timed = [(key, r) for key, r in rows if "matmul_s" in r]
@@ -148,7 +157,7 @@ def csv_rows(ours: dict[tuple, list[dict]], official: dict[int, list[dict]], nam
     reference = {K: over_rounds(r) for K, r in official.items()}
     rows = []
     for implementation, key, results in [(name, key, r) for key, r in ours.items()] + [
-            ("official", preset_key(K), r) for K, r in official.items()]:
+            ("official", preset_key(K, "-"), r) for K, r in official.items()]:
         r, ref = over_rounds(results), reference.get(key[2], {})
         if implementation == name and "error" not in r and "median_s" in ref:
             by_round = [a["median_s"] / b["median_s"] for a, b in zip(results, official[key[2]])
@@ -156,15 +165,15 @@ def csv_rows(ours: dict[tuple, list[dict]], official: dict[int, list[dict]], nam
             r = {**r, "time_vs_official": r["median_s"] / ref["median_s"],
                  "time_vs_official_by_round": statistics.median(by_round),
                  "memory_vs_official": r["peak_mb"] / ref["peak_mb"]}
-        rows.append({"implementation": implementation, **dict(zip(CSV_COLUMNS[1:7], key)),
+        rows.append({"implementation": implementation, **dict(zip(CSV_COLUMNS[1:8], key)),
                      **{c: round(v, 4) if isinstance(v, float) else v for c, v in r.items() if c in CSV_COLUMNS}})
     return rows
 
 
 def row_cells(key, r: dict) -> str:
-    mode, impl, K, memory, chunks, micro = key
+    mode, impl, K, memory, chunks, micro, kernels = key
     label = "off" if not chunks else "on" if chunks == 1 else f"on, {chunks} chunks"
-    return f"{mode} | {impl} | {K} | {memory} | {label} | {micro} | {time_cell(r)} | " + (
+    return f"{mode} | {impl} | {K} | {memory} | {label} | {micro} | {kernels} | {time_cell(r)} | " + (
         f"{r['peak_mb']:.0f}" if "error" not in r else "-")
 
 
@@ -228,7 +237,7 @@ def verdict(ours: float, official: tuple[float, float], target: float) -> str:
 def report_targets(rows, official: dict) -> None:
     """Ratios against the official implementation's figures (``official``: its ``source``, and (low, high)
     s/step and peak MB by K) at the preset (K=2) and at K=5, with the issue's targets. A key is (grad mode,
-    attention, K, inner-loss term, recompute chunks (0: off), micro-batches)."""
+    attention, K, inner-loss term, recompute chunks (0: off), micro-batches, kernels)."""
     ok = {key: r for key, r in rows if "error" not in r}
     second = {key: r for key, r in ok.items() if key[0] == "second"}
     known = "; ".join(f"K={K}: " + ", ".join(([f"{span(official['s'][K], 3)} s/step"] if K in official["s"] else []) +
@@ -237,11 +246,14 @@ def report_targets(rows, official: dict) -> None:
     if 2 not in official["s"] or 2 not in official["mb"]:
         return
     official_s, official_mb = official["s"][2], official["mb"]
-    preset = second.get(preset_key(2))
-    if preset:
+    for kernels in ("compiled", "eager"):
+        preset = second.get(preset_key(2, kernels))
+        if not preset:
+            continue
         t = preset["median_s"]
-        print(f"preset (eager, K=2, last_step, no recomputation, whole batch): {t:.3f} s/step = {ratio(t, official_s)} "
-              f"the official time (target <= {TARGETS['preset time']}x: {verdict(t, official_s, TARGETS['preset time'])}), "
+        name = "preset" if kernels == "compiled" else "the preset with eager kernels"
+        print(f"{name} {describe(preset_key(2, kernels))}: {t:.3f} s/step = {ratio(t, official_s)} the official time "
+              f"(target <= {TARGETS['preset time']}x: {verdict(t, official_s, TARGETS['preset time'])}), "
               f"{preset['peak_mb']:.0f} MB = {ratio(preset['peak_mb'], official_mb[2])} its memory")
         if "matmul_s" in preset:
             print(f"  its matrix products alone (op by op): {preset['matmul_s']:.3f} s = "
@@ -277,17 +289,17 @@ def report_lean(family: str, lean: dict, second: dict, official: dict) -> None:
         print(f"lean by {family} at K=5 {describe(key5)}: {mb5:.0f} MB = {ratio(mb5, official_mb[5])} the official K=5 "
               f"memory (target <= {TARGETS['K=5 lean memory']}x: "
               f"{verdict(mb5, official_mb[5], TARGETS['K=5 lean memory'])}), at {t5:.3f} s/step{time5}")
-    for (mode, impl, K, memory, chunks, micro), r in sorted(lean.items()):
-        k1, k5 = second.get((mode, impl, 1, memory, chunks, micro)), second.get((mode, impl, 5, memory, chunks, micro))
+    for key, r in sorted(lean.items()):
+        k1, k5 = second.get(key[:2] + (1,) + key[3:]), second.get(key[:2] + (5,) + key[3:])
         if k1 and k5:
-            print(f"{family} ({describe((mode, impl, K, memory, chunks, micro))}): peak memory K=5 / K=1 = "
-                  f"{k5['peak_mb'] / k1['peak_mb']:.2f}")
+            print(f"{family} {describe(key)}: peak memory K=5 / K=1 = {k5['peak_mb'] / k1['peak_mb']:.2f}")
 
 
 def describe(key) -> str:
-    mode, impl, K, memory, chunks, micro = key
+    mode, impl, K, memory, chunks, micro, kernels = key
     parts = [impl, f"K={K}", memory, f"recompute {'off' if not chunks else f'in {chunks} chunk(s)'}"]
-    return f"({', '.join(parts + ([f'{micro} micro-batches'] if micro > 1 else []))})"
+    parts += [f"{micro} micro-batches"] if micro > 1 else []
+    return f"({', '.join(parts + (['compiled kernels'] if kernels == 'compiled' else []))})"
 
 
 if __name__ == "__main__":

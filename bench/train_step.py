@@ -10,7 +10,7 @@ Each setting runs in a fresh subprocess, so its peak memory (peak RSS on CPU,
     python bench/train_step.py --setting model=rmt K=1 mem_proj_mode=proj
 
 A setting names ``model`` (gradmem, rmt, full_context, mamba), optionally the backbone's ``attn_implementation``
-and ``double_bwd_layers``, and any fields of that model's config.
+``double_bwd_layers`` and ``compile_double_bwd_layers``, and any fields of that model's config.
 """
 import argparse
 import json
@@ -54,7 +54,8 @@ def run_one(setting: dict, args) -> dict:
     name = setting.pop("model", "gradmem")
     backbone = BackboneConfig(base_model="mamba" if name == "mamba" else "llama",
                               attn_implementation=setting.pop("attn_implementation", "eager"),
-                              double_bwd_layers=setting.pop("double_bwd_layers", True))
+                              double_bwd_layers=setting.pop("double_bwd_layers", True),
+                              compile_double_bwd_layers=setting.pop("compile_double_bwd_layers", False))
     lm = build_backbone(backbone, tok)
     if name == "gradmem":
         model = GradMemGPT(lm, GradMemConfig(**setting))

@@ -111,16 +111,20 @@ def test_a_folder_without_the_official_code_is_a_clear_error(tmp_path):
 
 def test_targets_are_judged_against_the_measured_official_figures(capsys):
     row = lambda t, mb: {"median_s": t, "peak_mb": mb}
-    rows = [(("second", "eager", 2, "last_step", 0, 1), row(2.0, 5000)),
-            (("second", "eager", 2, "last_step", 4, 1), row(3.0, 1200)),
-            (("second", "eager", 5, "last_step", 4, 1), row(9.0, 1300)),
-            (("second", "eager", 2, "last_step", 0, 8), row(2.4, 1100)),
-            (("second", "eager", 5, "last_step", 0, 8), row(5.4, 1800))]
+    rows = [(("second", "eager", 2, "last_step", 0, 1, "compiled"), row(1.9, 5000)),
+            (("second", "eager", 2, "last_step", 0, 1, "eager"), row(2.0, 5000)),
+            (("second", "eager", 2, "last_step", 4, 1, "eager"), row(3.0, 1200)),
+            (("second", "eager", 5, "last_step", 4, 1, "eager"), row(9.0, 1300)),
+            (("second", "eager", 2, "last_step", 0, 8, "eager"), row(2.4, 1100)),
+            (("second", "eager", 5, "last_step", 0, 8, "eager"), row(5.4, 1800))]
     official = {"source": "measured here", "s": {2: (2.5, 2.5), 5: (6.0, 6.0)}, "mb": {2: (6000, 6000), 5: (15000, 15000)}}
     second_order_step.report_targets(rows, official)
     out = capsys.readouterr().out
     assert "(measured here): K=2: 2.500 s/step, 6,000 MB; K=5: 6.000 s/step, 15,000 MB" in out
-    assert "2.000 s/step = 0.80x the official time (target <= 0.8x: met)" in out
+    assert ("preset (eager, K=2, last_step, recompute off, compiled kernels): 1.900 s/step = 0.76x the official time "
+            "(target <= 0.8x: met)") in out
+    assert ("the preset with eager kernels (eager, K=2, last_step, recompute off): 2.000 s/step = 0.80x the official "
+            "time (target <= 0.8x: met)") in out
     assert ("lean by recomputation: the leanest K=2 last_step setting (eager, K=2, last_step, recompute in 4 "
             "chunk(s)): 1200 MB = 0.20x the official memory (target <= 0.3x: met) at 3.000 s/step = 1.20x its time "
             "(target <= 1.0x: missed)") in out
@@ -157,15 +161,16 @@ def test_rounds_are_combined_by_their_medians(capsys):
 def test_the_csv_holds_each_setting_over_the_rounds_with_its_ratios_to_the_official_step(tmp_path):
     step = lambda t, mb: {"median_s": t, "min_s": t, "peak_mb": mb, "device": "cpu", "kernel_s": 0.1,  # noqa: E731
                           "minor_faults": 1e4}
-    whole, micro = ("second", "eager", 2, "last_step", 0, 1), ("second", "eager", 2, "last_step", 0, 8)
+    whole, micro = ("second", "eager", 2, "last_step", 0, 1, "eager"), ("second", "eager", 2, "last_step", 0, 8, "eager")
     ours = {whole: [step(2.0, 4000.0), step(3.0, 4200.0), step(2.4, 4100.0)], micro: [{"error": "killed"}] * 3,
-            ("second", "eager", 5, "last_step", 4, 1): [step(9.0, 1300.0)]}
+            ("second", "eager", 5, "last_step", 4, 1, "eager"): [step(9.0, 1300.0)]}
     official = {2: [step(3.0, 5000.0), step(4.0, 5000.0), step(2.5, 5000.0)]}
     rows = second_order_step.csv_rows(ours, official)
     assert [(r["implementation"], r["K"], r["micro_batches"]) for r in rows] == [
         ("ours", 2, 1), ("ours", 2, 8), ("ours", 5, 1), ("official", 2, 1)]
     assert rows[0] == {"implementation": "ours", "grad_mode": "second", "attention": "eager", "K": 2,
-                       "inner_loss_memory": "last_step", "recompute_chunks": 0, "micro_batches": 1, "rounds": 3,
+                       "inner_loss_memory": "last_step", "recompute_chunks": 0, "micro_batches": 1, "kernels": "eager",
+                       "rounds": 3,
                        "median_s": 2.4, "low_s": 2.0, "high_s": 3.0, "min_s": 2.4, "peak_mb": 4100.0, "kernel_s": 0.1,
                        "minor_faults": 1e4, "time_vs_official": 0.8, "memory_vs_official": 0.82, "device": "cpu",
                        "time_vs_official_by_round": 0.75}  # round by round: 2/3, 3/4, 2.4/2.5

@@ -122,3 +122,69 @@ def test_second_order_gradmem_gradients_are_unchanged(options):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("which", ["swiglu", "rms_norm"])
+@pytest.mark.parametrize("outputs_used", ["both", "first", "second"])
+def test_compiled_kernels_give_the_eager_kernels_results(which, outputs_used):
+    """``compiled=True`` runs the same kernels through torch.compile: forward, backward and backward-of-backward
+    agree with the eager kernels, for every pattern of used cotangents."""
+    if which == "swiglu":
+        a, b = _inputs((2, 3, 5), (2, 3, 5))
+        f = swiglu
+    else:
+        a, b = _inputs((2, 3, 5), (5,))
+        f = lambda x, w, compiled: rms_norm(x, w, 1e-5, compiled)  # noqa: E731
+    probe = torch.randn(2, 3, 5, dtype=torch.float64)
+    results = []
+    for compiled in (False, True):
+        y = f(a, b, compiled)
+        first = torch.autograd.grad((y * probe).sum(), (a, b), create_graph=True)
+        used = {"both": first, "first": first[:1], "second": first[1:]}[outputs_used]
+        outer = sum((x.sin() * x).sum() for x in used)
+        results.append((y, *first, *torch.autograd.grad(outer, (a, b), allow_unused=True)))
+    for x, y in zip(*results):
+        assert (x is None) == (y is None)
+        if x is not None:
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-13)
+
+
+def test_compiled_kernels_run_eagerly_under_a_dispatch_mode():
+    """torch.compile cannot run under a Python dispatch mode such as FlopCounterMode (the benchmark's op census):
+    there the same kernels run eagerly."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    g, u = _inputs((2, 3, 5), (2, 3, 5))
+    x, w = _inputs((2, 3, 5), (5,), seed=1)
+    f = lambda compiled: (swiglu(g, u, compiled) * rms_norm(x, w, 1e-5, compiled)).sin().sum()  # noqa: E731
+    with FlopCounterMode(display=False):
+        inner = torch.autograd.grad(f(True), (g, u, x, w), create_graph=True)
+        ours = torch.autograd.grad(sum(t.square().sum() for t in inner), (g, u, x, w))
+    inner = torch.autograd.grad(f(False), (g, u, x, w), create_graph=True)
+    for a, b in zip(ours, torch.autograd.grad(sum(t.square().sum() for t in inner), (g, u, x, w))):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
+def test_second_order_gradmem_gradients_are_unchanged_by_compiled_kernels():
+    batch = kv_batch(3)
+    grads = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        lm = tiny_lm(n_layer=2, double_bwd_layers=False)
+        assert use_double_bwd_layers(lm, compiled=compiled) == 7  # 2 MLPs, 2 RMSNorms a layer and the last
+        model = GradMemGPT(lm, GradMemConfig(K=2, inner_lr=1.0, inner_loss_memory="last_step", inner_loss_weight=0.5,
+                                             use_write_head=True))
+        grads.append(torch.autograd.grad(model(**batch).loss, list(model.parameters()), allow_unused=True))
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_compiling_the_kernels_needs_the_hand_derived_layers():
+    assert all(m.compiled_kernels for m in build_backbone(BackboneConfig(n_layer=1, n_head=2, n_embd=16,
+                                                                         compile_double_bwd_layers=True),
+                                                          TOKENIZER).modules()
+               if isinstance(m, (DoubleBwdLlamaMLP, DoubleBwdLlamaRMSNorm)))
+    with pytest.raises(ValueError, match="set double_bwd_layers too"):
+        BackboneConfig(double_bwd_layers=False, compile_double_bwd_layers=True)
