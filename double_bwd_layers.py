@@ -28,8 +28,8 @@ A third derivative raises (``once_differentiable``): GradMem needs two.
 
 Each formula is a plain function of tensors (``KERNELS``). Run as they are, each of their ops is one pass over a
 ``[B, S, 4d]`` buffer; ``compiled=True`` runs them through ``torch.compile``, one fused loop per kernel, which at the
-reference preset takes about a tenth off the second-order step on CPU (``bench/README.md``). The autograd.Functions
-stay outside the compiled code, so the double backward is the same either way.
+reference preset made the second-order step on CPU faster in most rounds (``bench/README.md``, runs 7-8). The
+autograd.Functions stay outside the compiled code, so the double backward is the same either way.
 
 ``use_double_bwd_layers(lm)`` swaps these into a Hugging Face Llama (and Llama-architecture pretrained models such as
 SmolLM2) in place: the modules keep their parameters and state-dict keys. ``reference_swiglu`` and

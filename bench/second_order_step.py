@@ -43,7 +43,8 @@ CSV_COLUMNS = ("implementation", "grad_mode", "attention", "K", "inner_loss_memo
                "micro_batches", "kernels", "rounds", "median_s", "low_s", "high_s", "min_s", "peak_mb", "kernel_s",
                "minor_faults", "matmul_s", "other_s", "ops", "matmul_gflop", "time_vs_official",
                "time_vs_official_by_round", "memory_vs_official", "device", "error")
-TABLE_HEADER = "grad_mode | attention | K | inner-loss term | recompute | micro-batches | kernels | median s/step | peak MB"
+TABLE_HEADER = ("grad_mode | attention | K | inner-loss term | recompute | micro-batches | kernels | median s/step | "
+                "peak MB")
 CENSUS_HEADER = ("matrix products s | the rest s | op calls | matrix-product GFLOP | kernel s/step | "
                  "minor faults/step")
 
@@ -89,7 +90,8 @@ def main():
     p.set_defaults(repeats=3)
     args = p.parse_args()
     if "compiled" in args.kernels and not args.double_bwd_layers:
-        p.error("--kernels compiled compiles double_bwd_layers' kernels: drop --no-double_bwd_layers or use --kernels eager")
+        p.error("--kernels compiled compiles double_bwd_layers' kernels: drop --no-double_bwd_layers or use "
+                "--kernels eager")
     if args.csv and Path(args.csv).is_dir():
         p.error(f"--csv {args.csv} is a folder: give a file path, such as {Path(args.csv) / 'second_order.csv'}")
     import torch
