@@ -38,6 +38,7 @@ SmolLM2) in place: the modules keep their parameters and state-dict keys. ``refe
 from __future__ import annotations
 
 import functools
+import shutil
 
 import torch
 import torch.nn.functional as F
@@ -252,6 +253,9 @@ def use_double_bwd_layers(lm, compiled: bool = False) -> int:
     """Swap the hand-derived SwiGLU and RMSNorm into every Llama MLP (SiLU-gated) and RMSNorm of ``lm``, in place;
     ``compiled`` runs their element-wise kernels through ``torch.compile``. Returns the number of modules swapped
     (0 for other architectures)."""
+    if compiled and not torch.cuda.is_available() and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise RuntimeError("compiled double_bwd_layers kernels need a C++ compiler on CPU (torch.compile builds C++): "
+                           "install g++ or clang++, or drop --compile_double_bwd_layers.")
     swapped = 0
     for module in lm.modules():
         if type(module) is LlamaMLP and module.config.hidden_act == "silu":

@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
@@ -8,6 +10,10 @@ from double_bwd_layers import (DoubleBwdLlamaMLP, DoubleBwdLlamaRMSNorm, referen
                                swiglu, use_double_bwd_layers)
 from grad_memgpt import GradMemConfig, GradMemGPT
 from tests.helpers import TOKENIZER, kv_batch, tiny_lm
+
+# torch.compile's CPU backend builds C++: without a compiler the compiled kernels cannot run
+needs_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                                    reason="torch.compile on CPU needs a C++ compiler (g++ or clang++)")
 
 
 def _inputs(*shapes, seed=0):
@@ -124,6 +130,7 @@ def test_second_order_gradmem_gradients_are_unchanged(options):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
 
 
+@needs_compiler
 @pytest.mark.parametrize("which", ["swiglu", "rms_norm"])
 @pytest.mark.parametrize("outputs_used", ["both", "first", "second"])
 def test_compiled_kernels_give_the_eager_kernels_results(which, outputs_used):
@@ -149,6 +156,7 @@ def test_compiled_kernels_give_the_eager_kernels_results(which, outputs_used):
             torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-13)
 
 
+@needs_compiler
 def test_compiled_kernels_run_eagerly_under_a_dispatch_mode():
     """torch.compile cannot run under a Python dispatch mode such as FlopCounterMode (the benchmark's op census):
     there the same kernels run eagerly."""
@@ -165,6 +173,7 @@ def test_compiled_kernels_run_eagerly_under_a_dispatch_mode():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
 
 
+@needs_compiler
 def test_second_order_gradmem_gradients_are_unchanged_by_compiled_kernels():
     batch = kv_batch(3)
     grads = []
@@ -188,3 +197,10 @@ def test_compiling_the_kernels_needs_the_hand_derived_layers():
                if isinstance(m, (DoubleBwdLlamaMLP, DoubleBwdLlamaRMSNorm)))
     with pytest.raises(ValueError, match="set double_bwd_layers too"):
         BackboneConfig(double_bwd_layers=False, compile_double_bwd_layers=True)
+
+
+def test_compiled_kernels_without_a_compiler_are_a_clear_error(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="need a C\\+\\+ compiler on CPU"):
+        use_double_bwd_layers(tiny_lm(double_bwd_layers=False), compiled=True)
