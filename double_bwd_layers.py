@@ -137,6 +137,11 @@ def compiled_kernels() -> dict:
     return {name: torch.compile(kernel, dynamic=True, fullgraph=True) for name, kernel in KERNELS.items()}
 
 
+def cpp_compiler_found() -> bool:
+    """Whether torch.compile's CPU backend has a C++ compiler to build its kernels with."""
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
 def kernels(compiled: bool) -> dict:
     """The compiled kernels where asked for, except under a Python dispatch mode (``FlopCounterMode``, the
     benchmark's op census), which torch.compile cannot run under: there the same kernels run eagerly."""
@@ -253,7 +258,7 @@ def use_double_bwd_layers(lm, compiled: bool = False) -> int:
     """Swap the hand-derived SwiGLU and RMSNorm into every Llama MLP (SiLU-gated) and RMSNorm of ``lm``, in place;
     ``compiled`` runs their element-wise kernels through ``torch.compile``. Returns the number of modules swapped
     (0 for other architectures)."""
-    if compiled and not torch.cuda.is_available() and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+    if compiled and not torch.cuda.is_available() and not cpp_compiler_found():
         raise RuntimeError("compiled double_bwd_layers kernels need a C++ compiler on CPU (torch.compile builds C++): "
                            "install g++ or clang++, or drop --compile_double_bwd_layers.")
     swapped = 0

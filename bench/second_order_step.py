@@ -89,12 +89,16 @@ def main():
     add_measure_args(p)
     p.set_defaults(repeats=3)
     args = p.parse_args()
-    if "compiled" in args.kernels and not args.double_bwd_layers:
-        p.error("--kernels compiled compiles double_bwd_layers' kernels: drop --no-double_bwd_layers or use "
-                "--kernels eager")
     if args.csv and Path(args.csv).is_dir():
         p.error(f"--csv {args.csv} is a folder: give a file path, such as {Path(args.csv) / 'second_order.csv'}")
     import torch
+
+    from backbones import BackboneConfig
+
+    try:  # the backbone's own check, before any child process builds one
+        BackboneConfig(double_bwd_layers=args.double_bwd_layers, compile_double_bwd_layers="compiled" in args.kernels)
+    except ValueError as e:
+        p.error(str(e))
 
     attn = args.attn or ["eager", "gradmem_manual"] + (["gradmem_triton"] if torch.cuda.is_available() else [])
     settings = []
@@ -301,7 +305,8 @@ def describe(key) -> str:
     mode, impl, K, memory, chunks, micro, kernels = key
     parts = [impl, f"K={K}", memory, f"recompute {'off' if not chunks else f'in {chunks} chunk(s)'}"]
     parts += [f"{micro} micro-batches"] if micro > 1 else []
-    return f"({', '.join(parts + (['compiled kernels'] if kernels == 'compiled' else []))})"
+    parts += ["compiled kernels"] if kernels == "compiled" else []
+    return f"({', '.join(parts)})"
 
 
 if __name__ == "__main__":

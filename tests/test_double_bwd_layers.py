@@ -5,6 +5,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 
+import double_bwd_layers
 from backbones import BackboneConfig, build_backbone
 from double_bwd_layers import (DoubleBwdLlamaMLP, DoubleBwdLlamaRMSNorm, reference_rms_norm, reference_swiglu, rms_norm,
                                swiglu, use_double_bwd_layers)
@@ -12,7 +13,7 @@ from grad_memgpt import GradMemConfig, GradMemGPT
 from tests.helpers import TOKENIZER, kv_batch, tiny_lm
 
 # torch.compile's CPU backend builds C++: without a compiler the compiled kernels cannot run
-needs_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+needs_compiler = pytest.mark.skipif(not double_bwd_layers.cpp_compiler_found(),
                                     reason="torch.compile on CPU needs a C++ compiler (g++ or clang++)")
 
 
@@ -133,9 +134,12 @@ def test_second_order_gradmem_gradients_are_unchanged(options):
 @needs_compiler
 @pytest.mark.parametrize("which", ["swiglu", "rms_norm"])
 @pytest.mark.parametrize("outputs_used", ["both", "first", "second"])
-def test_compiled_kernels_give_the_eager_kernels_results(which, outputs_used):
+def test_compiled_kernels_give_the_eager_kernels_results(which, outputs_used, monkeypatch):
     """``compiled=True`` runs the same kernels through torch.compile: forward, backward and backward-of-backward
-    agree with the eager kernels, for every pattern of used cotangents."""
+    agree with the eager kernels, for every pattern of used cotangents, and every one of them ran compiled."""
+    asked = []  # the compiled flag of every kernel lookup
+    lookup = double_bwd_layers.kernels
+    monkeypatch.setattr(double_bwd_layers, "kernels", lambda compiled: asked.append(compiled) or lookup(compiled))
     if which == "swiglu":
         a, b = _inputs((2, 3, 5), (2, 3, 5))
         f = swiglu
@@ -150,6 +154,8 @@ def test_compiled_kernels_give_the_eager_kernels_results(which, outputs_used):
         used = {"both": first, "first": first[:1], "second": first[1:]}[outputs_used]
         outer = sum((x.sin() * x).sum() for x in used)
         results.append((y, *first, *torch.autograd.grad(outer, (a, b), allow_unused=True)))
+        assert asked and set(asked) == {compiled}  # forward, backward and backward-of-backward
+        asked.clear()
     for x, y in zip(*results):
         assert (x is None) == (y is None)
         if x is not None:
@@ -166,8 +172,10 @@ def test_compiled_kernels_run_eagerly_under_a_dispatch_mode():
     x, w = _inputs((2, 3, 5), (5,), seed=1)
     f = lambda compiled: (swiglu(g, u, compiled) * rms_norm(x, w, 1e-5, compiled)).sin().sum()  # noqa: E731
     with FlopCounterMode(display=False):
+        assert double_bwd_layers.kernels(True) is double_bwd_layers.KERNELS
         inner = torch.autograd.grad(f(True), (g, u, x, w), create_graph=True)
         ours = torch.autograd.grad(sum(t.square().sum() for t in inner), (g, u, x, w))
+    assert double_bwd_layers.kernels(True) is double_bwd_layers.compiled_kernels()  # outside the mode
     inner = torch.autograd.grad(f(False), (g, u, x, w), create_graph=True)
     for a, b in zip(ours, torch.autograd.grad(sum(t.square().sum() for t in inner), (g, u, x, w))):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
