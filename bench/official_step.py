@@ -43,7 +43,7 @@ def measure_official(repo: str, Ks, args, micro_batches: int = 1) -> dict[int, d
             res = subprocess.run([sys.executable, __file__, "--child", tmp, "--repo", repo, "--K", str(K),
                                   "--micro_batches", str(micro_batches), *measure_flags(args)],
                                  capture_output=True, text=True, cwd=ROOT)
-            results[K] = child_result(res, f"profile of the official step at K={K}" if args.profile else None)
+            results[K] = child_result(res, f"profile of the official step at K={K}" if args.profile or args.top_ops else None)
     return results
 
 
@@ -67,8 +67,8 @@ def run_child(folder: str, repo: str, K: int, args) -> dict:
                                    labels=batch["labels"][rows])["loss"]
     step = lambda: backward_in_parts(rows_loss, len(batch["labels"]), args.micro_batches)  # noqa: E731
     result = {**timed_steps(step, opt, args.warmup, args.repeats, device), "device": device}
-    if args.breakdown:
-        result.update(op_seconds(step, opt))
+    if args.breakdown or args.top_ops:
+        result.update(op_seconds(step, opt, args.top_ops))
     if args.profile:
         print_profile(step, opt, device, args.profile)
     return result

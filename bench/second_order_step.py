@@ -17,6 +17,7 @@ the official code timed here and now by ``bench/official_step.py`` at each K mea
     python bench/second_order_step.py --K 2 --attn eager --inner_loss_memory last_step --chunks 0
     python bench/second_order_step.py --grad_modes none first --chunks 0
     python bench/second_order_step.py --K 2 --attn eager --inner_loss_memory last_step --chunks 0 --profile 20
+    python bench/second_order_step.py --K 2 --attn eager --inner_loss_memory last_step --chunks 0 --top_ops 30
     python bench/second_order_step.py --K 2 --attn eager --inner_loss_memory last_step --chunks 0 --kernels eager compiled
     python bench/second_order_step.py --K 2 5 --inner_loss_memory last_step --official_repo ~/src/gradmem
     python bench/second_order_step.py --K 2 5 --inner_loss_memory last_step --chunks 0 --micro_batches 1 8 --breakdown

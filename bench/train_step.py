@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +70,8 @@ def run_one(setting: dict, args) -> dict:
     rows_loss = lambda rows: model(**{k: v[rows] for k, v in batch.items()}).loss  # noqa: E731
     step = lambda: backward_in_parts(rows_loss, len(batch["labels"]), args.micro_batches)  # noqa: E731
     result = timed_steps(step, opt, args.warmup, args.repeats, device)
-    if args.breakdown:
-        result.update(op_seconds(step, opt))
+    if args.breakdown or args.top_ops:
+        result.update(op_seconds(step, opt, args.top_ops))
     if args.profile:
         print_profile(step, opt, device, args.profile)
     context_length = int((batch["context_input_ids"] != 0).sum(1).max())
@@ -141,18 +142,20 @@ def backward_in_parts(rows_loss, batch_size: int, parts: int) -> None:
         (rows_loss(slice(start, stop)) * ((stop - start) / batch_size)).backward()
 
 
-def op_seconds(step, opt) -> dict:
+def op_seconds(step, opt, top_ops: int = 0) -> dict:
     """One more step with every aten op timed on its own: seconds in matrix products (``mm``, ``bmm``,
     ``addmm``...) and in everything else, the number of op calls (``ops``, views included) and the matrix
     products' GFLOP (2mnk each, by ``torch.utils.flop_counter``): a census of the work, to compare two
     implementations of one step. The sums leave out the time between ops (Python, autograd's bookkeeping,
     freeing memory), so together they are under a plain step's time. On CUDA every op is synchronised, which
-    slows the step but times the kernels rather than their launches."""
+    slows the step but times the kernels rather than their launches. ``top_ops`` > 0 also prints the census's
+    costliest ops, by op and input shapes, to stderr (``print_top_ops``)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
 
     totals = {"matmul_s": 0.0, "other_s": 0.0, "ops": 0}
+    by_op = defaultdict(lambda: [0.0, 0])  # (op, input shapes) -> [seconds, calls]
     sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
 
     class OpTimer(TorchDispatchMode):
@@ -161,9 +164,13 @@ def op_seconds(step, opt) -> dict:
             t0 = time.perf_counter()
             out = func(*args, **(kwargs or {}))
             sync()
-            kind = "matmul_s" if func.overloadpacket.__name__ in MATMUL_OPS else "other_s"
-            totals[kind] += time.perf_counter() - t0
+            seconds, name = time.perf_counter() - t0, func.overloadpacket.__name__
+            totals["matmul_s" if name in MATMUL_OPS else "other_s"] += seconds
             totals["ops"] += 1
+            if top_ops:
+                entry = by_op[name, tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))]
+                entry[0] += seconds
+                entry[1] += 1
             return out
 
     # entered last, the flop counter sees each op first and hands it on to the timer, which times the kernel alone
@@ -171,7 +178,20 @@ def op_seconds(step, opt) -> dict:
         step()
         opt.step()
         opt.zero_grad(set_to_none=True)
+    if top_ops:
+        print_top_ops(by_op, top_ops)
     return {**totals, "matmul_gflop": flops.get_total_flops() / 1e9}
+
+
+def print_top_ops(by_op: dict, n: int) -> None:
+    """The ``n`` costliest entries of ``{(op, input shapes): [seconds, calls]}`` as a table, to stderr. Unlike
+    torch.profiler's, these times are each op's own wall time: on the project's 2-core CPU the profiler showed
+    the compiled SwiGLU kernels at 7-14x the time they take in an unprofiled step."""
+    total = sum(seconds for seconds, _ in by_op.values())
+    print(f"{'op':<28}{'ms':>10}{'share':>8}{'calls':>7}  input shapes", file=sys.stderr)
+    for (name, shapes), (seconds, calls) in sorted(by_op.items(), key=lambda item: -item[1][0])[:n]:
+        print(f"{name:<28}{seconds * 1e3:>10.1f}{seconds / total:>8.1%}{calls:>7}  {list(shapes)}", file=sys.stderr)
+    print(f"all {len(by_op)} (op, shapes) pairs: {total * 1e3:.1f} ms", file=sys.stderr)
 
 
 def measure(setting: dict, args, micro_batches: int = 1) -> dict:
@@ -180,7 +200,7 @@ def measure(setting: dict, args, micro_batches: int = 1) -> dict:
     passthrough = [*measure_flags(args), "--micro_batches", str(micro_batches)]
     res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(setting), *passthrough],
                          capture_output=True, text=True, cwd=ROOT)
-    return child_result(res, f"profile of {setting}" if args.profile else None)
+    return child_result(res, f"profile of {setting}" if args.profile or args.top_ops else None)
 
 
 def child_result(res: subprocess.CompletedProcess, profile_title: str | None = None) -> dict:
@@ -196,7 +216,8 @@ def child_result(res: subprocess.CompletedProcess, profile_title: str | None = N
 def measure_flags(args) -> list[str]:
     """The flags of ``add_measure_args`` that a measuring child needs, with ``args``' values."""
     return ["--batch_size", str(args.batch_size), "--n_pairs", str(args.n_pairs), "--repeats", str(args.repeats),
-            "--warmup", str(args.warmup), "--profile", str(args.profile)] + (["--breakdown"] if args.breakdown else [])
+            "--warmup", str(args.warmup), "--profile", str(args.profile), "--top_ops", str(args.top_ops)] + (
+                ["--breakdown"] if args.breakdown else [])
 
 
 def add_measure_args(p: argparse.ArgumentParser) -> None:
@@ -209,6 +230,10 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
                         "self time, grouped by input shapes, to stderr (0: off)")
     p.add_argument("--breakdown", action="store_true",
                    help="after the timed steps, time one more op by op: seconds in matrix products and in the rest")
+    p.add_argument("--top_ops", type=int, default=0, metavar="N",
+                   help="time one more step op by op (as --breakdown) and print its N costliest ops, by op and input "
+                        "shapes, to stderr: each op's own time, where torch.profiler (--profile) can inflate "
+                        "element-wise ops on CPU (0: off)")
 
 
 def main():

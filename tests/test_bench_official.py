@@ -51,8 +51,11 @@ def official_repo(tmp_path):
 
 
 def small_args(**kw):
-    defaults = {"n_pairs": 2, "batch_size": 4, "repeats": 2, "warmup": 0, "breakdown": False, "profile": 0}
-    return argparse.Namespace(**{**defaults, **kw})
+    """The measuring flags' own defaults (``add_measure_args``), for a tiny batch and two steps."""
+    p = argparse.ArgumentParser()
+    train_step.add_measure_args(p)
+    return argparse.Namespace(**{**vars(p.parse_args([])), "n_pairs": 2, "batch_size": 4, "repeats": 2, "warmup": 0,
+                                 **kw})
 
 
 @pytest.mark.parametrize("micro_batches", [1, 3])
@@ -71,6 +74,15 @@ def test_the_official_step_is_profiled_like_ours(official_repo, capsys):
     err = capsys.readouterr().err
     assert "profile of the official step at K=2:" in err
     assert "aten::embedding" in err and "Self CPU time total" in err  # its op, in torch.profiler's table
+
+
+def test_the_official_steps_costliest_ops_are_listed_like_ours(official_repo, capsys):
+    results = official_step.measure_official(official_repo, [2], small_args(top_ops=100))
+    assert "error" not in results[2], results[2]
+    assert results[2]["matmul_s"] == 0 < results[2]["other_s"]  # --top_ops runs the census
+    err = capsys.readouterr().err
+    assert "profile of the official step at K=2:" in err
+    assert any(line.startswith("embedding ") for line in err.splitlines())  # its op, in the census's table
 
 
 def test_backward_in_parts_weights_each_part_by_its_share_of_the_rows():
@@ -94,6 +106,22 @@ def test_op_seconds_splits_matrix_products_from_the_rest():
     assert linear["matmul_gflop"] == pytest.approx(2 * 2 * 256 * 64 * 64 / 1e9, rel=0, abs=1e-12)
     assert elementwise["matmul_gflop"] == 0
     assert linear["ops"] > 0 and elementwise["ops"] > 0
+
+
+def test_op_seconds_prints_the_costliest_ops_by_input_shapes(capsys):
+    w = torch.nn.Parameter(torch.randn(64, 64))
+    opt = torch.optim.SGD([w], lr=0.1)
+    x = torch.randn(256, 64)
+    totals = train_step.op_seconds(lambda: (x @ w).relu().sum().backward(), opt, top_ops=100)
+    lines = capsys.readouterr().err.splitlines()
+    products = [line for line in lines if line.startswith("mm ")]
+    assert len(products) == 2  # the forward x w and the weight gradient x^T dY, each once
+    assert any(line.endswith("[(256, 64), (64, 64)]") for line in products)
+    assert any(line.endswith("[(64, 256), (256, 64)]") for line in products)
+    all_pairs = float(lines[-1].split(": ")[1].removesuffix(" ms"))
+    assert all_pairs == pytest.approx((totals["matmul_s"] + totals["other_s"]) * 1e3, abs=0.06)  # every op, once
+    train_step.op_seconds(lambda: (x @ w).relu().sum().backward(), opt, top_ops=1)
+    assert len(capsys.readouterr().err.splitlines()) == 3  # header, the costliest op, the total
 
 
 def test_timed_steps_count_kernel_time_and_page_faults():
