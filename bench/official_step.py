@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import (ROOT, add_measure_args, backward_in_parts, child_result, measure_flags, op_seconds,  # noqa: E402
-                        print_profile, reference_batch, timed_steps)
+from train_step import (ROOT, add_measure_args, after_timing, backward_in_parts, child_result, measure_flags,  # noqa: E402
+                        reference_batch, timed_steps)
 
 
 def measure_official(repo: str, Ks, args, micro_batches: int = 1) -> dict[int, dict]:
@@ -43,7 +43,7 @@ def measure_official(repo: str, Ks, args, micro_batches: int = 1) -> dict[int, d
             res = subprocess.run([sys.executable, __file__, "--child", tmp, "--repo", repo, "--K", str(K),
                                   "--micro_batches", str(micro_batches), *measure_flags(args)],
                                  capture_output=True, text=True, cwd=ROOT)
-            results[K] = child_result(res, f"profile of the official step at K={K}" if args.profile or args.top_ops else None)
+            results[K] = child_result(res, f"profile of the official step at K={K}", args)
     return results
 
 
@@ -66,12 +66,8 @@ def run_child(folder: str, repo: str, K: int, args) -> dict:
     rows_loss = lambda rows: model({k: batch[k][rows] for k in ("context_input_ids", "query_input_ids")},  # noqa: E731
                                    labels=batch["labels"][rows])["loss"]
     step = lambda: backward_in_parts(rows_loss, len(batch["labels"]), args.micro_batches)  # noqa: E731
-    result = {**timed_steps(step, opt, args.warmup, args.repeats, device), "device": device}
-    if args.breakdown or args.top_ops:
-        result.update(op_seconds(step, opt, args.top_ops))
-    if args.profile:
-        print_profile(step, opt, device, args.profile)
-    return result
+    return {**timed_steps(step, opt, args.warmup, args.repeats, device), **after_timing(step, opt, device, args),
+            "device": device}
 
 
 def main():

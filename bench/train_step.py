@@ -69,13 +69,18 @@ def run_one(setting: dict, args) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rows_loss = lambda rows: model(**{k: v[rows] for k, v in batch.items()}).loss  # noqa: E731
     step = lambda: backward_in_parts(rows_loss, len(batch["labels"]), args.micro_batches)  # noqa: E731
-    result = timed_steps(step, opt, args.warmup, args.repeats, device)
-    if args.breakdown or args.top_ops:
-        result.update(op_seconds(step, opt, args.top_ops))
-    if args.profile:
-        print_profile(step, opt, device, args.profile)
+    result = {**timed_steps(step, opt, args.warmup, args.repeats, device), **after_timing(step, opt, device, args)}
     context_length = int((batch["context_input_ids"] != 0).sum(1).max())
     return {**result, "device": device, "state_bytes": model.state_bytes_per_context(context_length)}
+
+
+def after_timing(step, opt, device: str, args) -> dict:
+    """What the flags ask of a measuring child after its timed steps: the op-by-op census (``--breakdown``,
+    ``--top_ops``), whose figures it returns, and torch.profiler's table (``--profile``, to stderr)."""
+    census = op_seconds(step, opt, args.top_ops) if args.breakdown or args.top_ops else {}
+    if args.profile:
+        print_profile(step, opt, device, args.profile)
+    return census
 
 
 def print_profile(step, opt, device: str, n_ops: int) -> None:
@@ -200,14 +205,15 @@ def measure(setting: dict, args, micro_batches: int = 1) -> dict:
     passthrough = [*measure_flags(args), "--micro_batches", str(micro_batches)]
     res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(setting), *passthrough],
                          capture_output=True, text=True, cwd=ROOT)
-    return child_result(res, f"profile of {setting}" if args.profile or args.top_ops else None)
+    return child_result(res, f"profile of {setting}", args)
 
 
-def child_result(res: subprocess.CompletedProcess, profile_title: str | None = None) -> dict:
+def child_result(res: subprocess.CompletedProcess, title: str, args) -> dict:
     """A measuring child's result: the JSON on its last line of output, or ``{"error": its last stderr line}``.
-    With ``profile_title``, the child's profile (its stderr) is printed under that title to stderr."""
-    if profile_title and not res.returncode:
-        print(f"{profile_title}:\n{res.stderr}", file=sys.stderr)
+    Where ``args`` asked for tables (``--profile``, ``--top_ops``), the child's stderr is printed under ``title``
+    to stderr."""
+    if (args.profile or args.top_ops) and not res.returncode:
+        print(f"{title}:\n{res.stderr}", file=sys.stderr)
     if res.returncode:
         return {"error": (res.stderr.strip().splitlines() or ["killed"])[-1]}
     return json.loads(res.stdout.strip().splitlines()[-1])
