@@ -280,14 +280,16 @@ def report_targets(rows, official: dict) -> None:
 
 def report_lean(family: str, lean: dict, second: dict, official: dict) -> None:
     """The leanest of ``lean`` (K=2 settings of one memory-saving family) against the targets, and its K=5
-    counterpart in ``second`` against the K=5 memory target."""
-    official_s, official_mb = official["s"][2], official["mb"]
+    counterpart in ``second`` against the K=5 memory target; then, where it is another setting, the fastest of
+    ``lean`` within the lean memory target, which is what the lean time target asks of the family."""
+    official_mb = official["mb"]
     key, leanest = min(lean.items(), key=lambda kv: kv[1]["peak_mb"])
-    mb, t = leanest["peak_mb"], leanest["median_s"]
-    print(f"lean by {family}: the leanest K=2 last_step setting {describe(key)}: {mb:.0f} MB = "
-          f"{ratio(mb, official_mb[2])} the official memory (target <= {TARGETS['lean memory']}x: "
-          f"{verdict(mb, official_mb[2], TARGETS['lean memory'])}) at {t:.3f} s/step = {ratio(t, official_s)} its time "
-          f"(target <= {TARGETS['lean time']}x: {verdict(t, official_s, TARGETS['lean time'])})")
+    print(lean_line(f"lean by {family}: the leanest K=2 last_step setting", key, leanest, official))
+    within = {k: r for k, r in lean.items() if verdict(r["peak_mb"], official_mb[2], TARGETS["lean memory"]) == "met"}
+    fastest_key = min(within, key=lambda k: within[k]["median_s"], default=key)
+    if fastest_key != key:
+        print(lean_line(f"lean by {family}: the fastest K=2 last_step setting within {TARGETS['lean memory']}x the "
+                        "official memory", fastest_key, within[fastest_key], official))
     key5 = key[:2] + (5,) + key[3:]
     k5 = second.get(key5)
     if k5 and 5 in official_mb:
@@ -300,6 +302,15 @@ def report_lean(family: str, lean: dict, second: dict, official: dict) -> None:
         k1, k5 = second.get(key[:2] + (1,) + key[3:]), second.get(key[:2] + (5,) + key[3:])
         if k1 and k5:
             print(f"{family} {describe(key)}: peak memory K=5 / K=1 = {k5['peak_mb'] / k1['peak_mb']:.2f}")
+
+
+def lean_line(label: str, key, r: dict, official: dict) -> str:
+    """``label`` and ``key``'s setting with its K=2 memory and time against the official figures and the lean targets."""
+    official_s, official_mb, mb, t = official["s"][2], official["mb"][2], r["peak_mb"], r["median_s"]
+    return (f"{label} {describe(key)}: {mb:.0f} MB = {ratio(mb, official_mb)} the official memory (target <= "
+            f"{TARGETS['lean memory']}x: {verdict(mb, official_mb, TARGETS['lean memory'])}) at {t:.3f} s/step = "
+            f"{ratio(t, official_s)} its time (target <= {TARGETS['lean time']}x: "
+            f"{verdict(t, official_s, TARGETS['lean time'])})")
 
 
 def describe(key) -> str:

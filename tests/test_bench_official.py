@@ -144,6 +144,8 @@ def test_targets_are_judged_against_the_measured_official_figures(capsys):
             (("second", "eager", 2, "last_step", 4, 1, "eager"), row(3.0, 1200)),
             (("second", "eager", 5, "last_step", 4, 1, "eager"), row(9.0, 1300)),
             (("second", "eager", 2, "last_step", 0, 8, "eager"), row(2.4, 1100)),
+            (("second", "eager", 2, "last_step", 0, 4, "eager"), row(2.3, 1700)),
+            (("second", "eager", 2, "last_step", 0, 2, "eager"), row(2.1, 2600)),  # faster, but over 0.3x the memory
             (("second", "eager", 5, "last_step", 0, 8, "eager"), row(5.4, 1800))]
     official = {"source": "measured here", "s": {2: (2.5, 2.5), 5: (6.0, 6.0)}, "mb": {2: (6000, 6000), 5: (15000, 15000)}}
     second_order_step.report_targets(rows, official)
@@ -161,6 +163,10 @@ def test_targets_are_judged_against_the_measured_official_figures(capsys):
             "8 micro-batches): 1100 MB = 0.18x the official memory (target <= 0.3x: met) at 2.400 s/step = 0.96x its "
             "time (target <= 1.0x: met)") in out
     assert "1800 MB = 0.12x the official K=5 memory (target <= 0.15x: met), at 5.400 s/step = 0.90x" in out
+    assert ("lean by micro-batches: the fastest K=2 last_step setting within 0.3x the official memory (eager, K=2, "
+            "last_step, recompute off, 4 micro-batches): 1700 MB = 0.28x the official memory (target <= 0.3x: met) at "
+            "2.300 s/step = 0.92x its time (target <= 1.0x: met)") in out
+    assert "lean by recomputation: the fastest" not in out  # its one setting is the leanest
     second_order_step.report_targets(rows, second_order_step.ISSUE_FIGURES)
     out = capsys.readouterr().out
     assert "(issue 17, 2-core CPU): K=2: 2.130-2.270 s/step, 5,000-5,400 MB; K=5: 12,000-15,000 MB" in out
