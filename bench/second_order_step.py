@@ -279,9 +279,9 @@ def report_targets(rows, official: dict) -> None:
 
 
 def report_lean(family: str, lean: dict, second: dict, official: dict) -> None:
-    """The leanest of ``lean`` (K=2 settings of one memory-saving family) against the targets, and its K=5
-    counterpart in ``second`` against the K=5 memory target; then, where it is another setting, the fastest of
-    ``lean`` within the lean memory target, which is what the lean time target asks of the family."""
+    """The leanest of ``lean`` (K=2 settings of one memory-saving family) against the targets; where it is another
+    setting, the fastest of ``lean`` within the lean memory target, which is what the lean time target asks of the
+    family; then the leanest's K=5 counterpart in ``second`` against the K=5 memory target."""
     official_mb = official["mb"]
     key, leanest = min(lean.items(), key=lambda kv: kv[1]["peak_mb"])
     print(lean_line(f"lean by {family}: the leanest K=2 last_step setting", key, leanest, official))
