@@ -21,10 +21,15 @@ from attn_double_bwd.manual import manual_attention, reference_attention
 IMPLEMENTATIONS = ("gradmem_manual", "gradmem_triton")
 
 
+CAUSAL_BANDS = 3  # query bands of a causal module's gradmem_manual attention (manual.py)
+
+
 def gradmem_manual_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers calling convention: q ``[B, H, T, D]``, k/v ``[B, Hkv, S, D]`` -> ``([B, T, H, D], None)``."""
+    """transformers calling convention: q ``[B, H, T, D]``, k/v ``[B, Hkv, S, D]`` -> ``([B, T, H, D], None)``.
+    A causal module (``module.is_causal``) with a mask runs in ``CAUSAL_BANDS`` query bands."""
     bias = None if attention_mask is None else attention_mask[..., : key.shape[-2]]
-    out = manual_attention(query, key, value, bias, scaling, dropout, training=module.training)
+    bands = CAUSAL_BANDS if bias is not None and getattr(module, "is_causal", False) else 1
+    out = manual_attention(query, key, value, bias, scaling, dropout, training=module.training, causal_bands=bands)
     return out.transpose(1, 2).contiguous(), None
 
 

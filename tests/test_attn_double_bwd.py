@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
-from attn_double_bwd.manual import _Attention, manual_attention, reference_attention
+import attn_double_bwd
+from attn_double_bwd.manual import _Attention, _causal_bands, hides_later_keys, manual_attention, reference_attention
 from grad_memgpt import GradMemConfig, GradMemGPT
 from helpers import kv_batch, tiny_lm
 
@@ -84,6 +85,68 @@ def test_dropout_mask_is_drawn_once_and_reused_by_both_backwards():
     for a, b in zip(g + hvp, g_ref + hvp_ref):
         torch.testing.assert_close(a, b)
     assert torch.equal(manual_attention(q, k, v, dropout=0.4, training=False), reference_attention(q, k, v))
+
+
+@pytest.mark.parametrize(("t", "s"), [(7, 7), (5, 9), (1, 4)])
+@pytest.mark.parametrize("n_bands", [1, 2, 3, 5, 10])
+def test_causal_bands_cover_the_queries_and_stop_at_the_last_key_each_band_sees(t, s, n_bands):
+    bands = _causal_bands(t, s, n_bands)
+    assert len(bands) == min(n_bands, t)
+    assert bands[0][0] == 0 and bands[-1][1] == t and bands[-1][2] == s
+    assert all(b1 == a2 for (_, b1, _), (a2, _, _) in zip(bands, bands[1:]))
+    assert all(a < b and e == s - t + b for a, b, e in bands)
+
+
+@pytest.mark.parametrize("n_bands", [2, 3, 5])
+@pytest.mark.parametrize("shape", [dict(T=5, S=6), dict(T=6, S=6), dict(T=4, S=9, H=4, H_kv=2)], ids=["T<S", "T=S", "gqa"])
+@pytest.mark.parametrize("dropout", [False, True])
+def test_causal_bands_match_the_reference_to_second_order(n_bands, shape, dropout):
+    q, k, v = qkv(**shape)
+    B, H, T, _ = q.shape
+    S = k.shape[2]
+    bias = causal_padding_bias(B, T, S)
+    keep = (torch.rand(B, H, T, S, generator=torch.Generator().manual_seed(1)) >= 0.3).double() / 0.7 if dropout else None
+    groups = H // k.shape[1]
+    expand = lambda x: x.repeat_interleave(groups, dim=1)  # noqa: E731
+    bands = _causal_bands(T, S, n_bands)
+    f = lambda q, k, v: _Attention.apply(q, k, v, bias, 0.5, keep, bands)  # noqa: E731
+    assert gradcheck(lambda q, k, v: f(q, expand(k), expand(v)), (q, k, v))
+    assert gradgradcheck(lambda q, k, v: f(q, expand(k), expand(v)), (q, k, v))
+    w = torch.randn(B, H, T, 4, dtype=torch.float64, requires_grad=True)
+    for used in [(0,), (1, 2), (0, 1, 2)]:  # the cotangents of the gradients left out arrive as None
+        results = []
+        for attention in (f, lambda q, k, v: reference_attention(q, k, v, bias, 0.5, keep)):
+            out = attention(q, expand(k), expand(v))
+            grads = torch.autograd.grad((out * w).sum(), (q, k, v), create_graph=True)
+            loss = sum(grads[i].square().sum() for i in used)
+            results.append((out, *grads, *torch.autograd.grad(loss, (q, k, v, w), allow_unused=True, materialize_grads=True)))
+        for ours, ref in zip(*results):
+            torch.testing.assert_close(ours, ref)
+
+
+def test_causal_bands_refuse_a_mask_that_shows_later_keys():
+    q, k, v = qkv()
+    causal = causal_padding_bias(2, 5, 6)
+    assert hides_later_keys(causal, _causal_bands(5, 6, 3))
+    full = torch.zeros(2, 1, 5, 6, dtype=torch.float64)  # bidirectional: every query sees every key
+    assert not hides_later_keys(full, _causal_bands(5, 6, 3)) and hides_later_keys(full, _causal_bands(5, 6, 1))
+    for bias in (full, None):
+        with pytest.raises(ValueError, match="causal_bands=1"):
+            manual_attention(q, k, v, bias, causal_bands=3)
+    torch.testing.assert_close(manual_attention(q, k, v, full), reference_attention(q, k, v, full))
+
+
+def test_gradmem_runs_its_causal_attention_in_bands(monkeypatch):
+    seen = []
+
+    def recording(*args, causal_bands=1, **kwargs):
+        seen.append(causal_bands)
+        return manual_attention(*args, causal_bands=causal_bands, **kwargs)
+
+    monkeypatch.setattr(attn_double_bwd, "manual_attention", recording)
+    model = GradMemGPT(tiny_lm(), GradMemConfig(K=1, attn_implementation="gradmem_manual"))
+    model(**kv_batch(2)).loss.backward()
+    assert seen and set(seen) == {attn_double_bwd.CAUSAL_BANDS}
 
 
 @pytest.mark.parametrize("options", [dict(), dict(inner_optimizer="adam", n_ctrl_tokens=1), dict(K=3, last_K_second_order=2)],
