@@ -78,7 +78,7 @@ def _row_cat(pieces):
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, scale: float, keep, bands=None):
-        """``keep``: the dropout mask already scaled by 1/(1-p), or None. ``bands``: ``causal_bands(...)``,
+        """``keep``: the dropout mask already scaled by 1/(1-p), or None. ``bands``: ``_causal_bands(...)``,
         None for one band (plain attention)."""
         bands = bands or _causal_bands(q.shape[-2], k.shape[-2], 1)
         outs, ps = [], []
